@@ -1,0 +1,280 @@
+//! The decision: a pure function of (snapshot, request, credential) with no gRPC or etcd types.
+//!
+//! Order: match the most specific route (none: 403 `no_rule`); a public route allows without
+//! looking at the token; otherwise the credential must be present (401), well-formed (400),
+//! valid (401 `invalid_token`), not revoked (401 `invalid_token`) and carry the required scopes
+//! (403 `insufficient_scope`). A `dry_run` route turns any of those denials into an allow that
+//! reports what would have happened.
+
+pub mod request;
+pub mod scope;
+
+use std::sync::Arc;
+
+pub use request::{Request, RequestError};
+
+use crate::reason::Reason;
+use crate::rules::{Mode, Route};
+use crate::store::Snapshot;
+use crate::token::{Claims, TokenError};
+
+/// The bearer credential, as far as it could be established.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// No `Authorization: Bearer` header.
+    Absent,
+    /// An `Authorization: Bearer` header that is not a valid b64token.
+    Malformed,
+    /// A token that failed verification.
+    Invalid(TokenError),
+    /// A verified token.
+    Valid(Arc<Claims>),
+}
+
+/// The HTTP status of a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyStatus {
+    BadRequest = 400,
+    Unauthorized = 401,
+    Forbidden = 403,
+    ServiceUnavailable = 503,
+}
+
+/// The RFC 6750 challenge sent with a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// No `WWW-Authenticate` header.
+    None,
+    /// `Bearer realm="…"` (no credential: RFC 6750 §3.1 says no error code).
+    Bearer,
+    /// `error="invalid_request"`
+    InvalidRequest(&'static str),
+    /// `error="invalid_token"`
+    InvalidToken(&'static str),
+    /// `error="insufficient_scope", scope="…"`
+    InsufficientScope(String),
+}
+
+impl Challenge {
+    /// The `WWW-Authenticate` value for this challenge, if any.
+    pub fn header_value(&self, realm: &str) -> Option<String> {
+        let with = |error: &str, description: &str| {
+            format!("Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\"")
+        };
+        match self {
+            Challenge::None => None,
+            Challenge::Bearer => Some(format!("Bearer realm=\"{realm}\"")),
+            Challenge::InvalidRequest(d) => Some(with("invalid_request", d)),
+            Challenge::InvalidToken(d) => Some(with("invalid_token", d)),
+            Challenge::InsufficientScope(scope) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", \
+                 error_description=\"The access token lacks a required scope\", scope=\"{scope}\""
+            )),
+        }
+    }
+}
+
+/// A denial: status, reason code and challenge.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub status: DenyStatus,
+    pub reason: Reason,
+    pub challenge: Challenge,
+}
+
+impl Denial {
+    pub fn new(status: DenyStatus, reason: Reason, challenge: Challenge) -> Denial {
+        Denial {
+            status,
+            reason,
+            challenge,
+        }
+    }
+
+    /// 400 for a malformed request.
+    pub fn invalid_request(error: &RequestError) -> Denial {
+        let description = match error {
+            RequestError::MalformedBearer => "The Authorization header is malformed",
+            _ => "The request path or host is not acceptable",
+        };
+        Denial::new(
+            DenyStatus::BadRequest,
+            Reason::InvalidRequest,
+            Challenge::InvalidRequest(description),
+        )
+    }
+
+    /// Fail closed: no snapshot, or one older than allowed.
+    pub fn unavailable(reason: Reason) -> Denial {
+        Denial::new(DenyStatus::ServiceUnavailable, reason, Challenge::None)
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The rule that decided, if one matched.
+    pub rule: Option<Arc<Route>>,
+    /// The verified claims, when a token was verified.
+    pub claims: Option<Arc<Claims>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// `reason` is `allowed`, `public` or `dry_run`; for `dry_run`, `would_deny` says why not.
+    Allow {
+        reason: Reason,
+        would_deny: Option<Reason>,
+    },
+    Deny(Denial),
+}
+
+impl Decision {
+    pub fn deny(denial: Denial) -> Decision {
+        Decision {
+            verdict: Verdict::Deny(denial),
+            rule: None,
+            claims: None,
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self.verdict, Verdict::Allow { .. })
+    }
+
+    pub fn reason(&self) -> Reason {
+        match &self.verdict {
+            Verdict::Allow { reason, .. } => *reason,
+            Verdict::Deny(d) => d.reason,
+        }
+    }
+}
+
+/// Decides one request. `credential` is only called when the matched route is not public, so
+/// unrouted and public requests cost no signature check.
+pub fn decide(
+    snapshot: &Snapshot,
+    request: &Request,
+    credential: impl FnOnce() -> Credential,
+) -> Decision {
+    let segments = request.segments();
+    match snapshot.routes.find(&request.host, &request.method, &segments) {
+        Some(route) => decide_for_route(snapshot, route, credential),
+        None => no_rule(),
+    }
+}
+
+/// Decides with the rule named by Envoy's per-route context extension instead of matching host
+/// and path. The rule's method list still applies; a missing rule id denies (`no_rule`).
+pub fn decide_with_rule(
+    snapshot: &Snapshot,
+    request: &Request,
+    rule_id: &str,
+    credential: impl FnOnce() -> Credential,
+) -> Decision {
+    let route = snapshot.rules.routes.get(rule_id).filter(|r| {
+        r.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| *x == request.method))
+    });
+    match route {
+        Some(route) => decide_for_route(snapshot, route, credential),
+        None => no_rule(),
+    }
+}
+
+fn no_rule() -> Decision {
+    Decision::deny(Denial::new(
+        DenyStatus::Forbidden,
+        Reason::NoRule,
+        Challenge::None,
+    ))
+}
+
+fn decide_for_route(
+    snapshot: &Snapshot,
+    route: &Arc<Route>,
+    credential: impl FnOnce() -> Credential,
+) -> Decision {
+    let rule = Some(route.clone());
+    if route.require == crate::rules::Requirement::Public {
+        return Decision {
+            verdict: Verdict::Allow {
+                reason: Reason::Public,
+                would_deny: None,
+            },
+            rule,
+            claims: None,
+        };
+    }
+    let (outcome, claims) = match credential() {
+        Credential::Absent => (
+            Err(Denial::new(
+                DenyStatus::Unauthorized,
+                Reason::MissingCredential,
+                Challenge::Bearer,
+            )),
+            None,
+        ),
+        Credential::Malformed => (
+            Err(Denial::invalid_request(&RequestError::MalformedBearer)),
+            None,
+        ),
+        Credential::Invalid(e) => (
+            Err(Denial::new(
+                DenyStatus::Unauthorized,
+                e.reason(),
+                Challenge::InvalidToken(e.description()),
+            )),
+            None,
+        ),
+        Credential::Valid(claims) => (authorize(snapshot, route, &claims), Some(claims)),
+    };
+    let verdict = match (outcome, route.mode) {
+        (Ok(()), _) => Verdict::Allow {
+            reason: Reason::Allowed,
+            would_deny: None,
+        },
+        (Err(denial), Mode::DryRun) => Verdict::Allow {
+            reason: Reason::DryRun,
+            would_deny: Some(denial.reason),
+        },
+        (Err(denial), Mode::Enforce) => Verdict::Deny(denial),
+    };
+    Decision {
+        verdict,
+        rule,
+        claims,
+    }
+}
+
+/// Revocation and scope checks for a verified token.
+fn authorize(snapshot: &Snapshot, route: &Route, claims: &Claims) -> Result<(), Denial> {
+    if is_revoked(snapshot, claims) {
+        return Err(Denial::new(
+            DenyStatus::Unauthorized,
+            Reason::TokenRevoked,
+            Challenge::InvalidToken("The access token has been revoked"),
+        ));
+    }
+    if !snapshot.scopes.satisfies(&claims.scopes, &route.require) {
+        return Err(Denial::new(
+            DenyStatus::Forbidden,
+            Reason::InsufficientScope,
+            Challenge::InsufficientScope(route.require.scopes().join(" ")),
+        ));
+    }
+    Ok(())
+}
+
+/// A token is revoked by its `jti`, or when its subject or client has a revocation that is later
+/// than its `iat` (a token without `iat` counts as issued at the beginning of time).
+pub fn is_revoked(snapshot: &Snapshot, claims: &Claims) -> bool {
+    let r = &snapshot.revocations;
+    let issued_at = claims.iat.unwrap_or(i64::MIN);
+    let before = |cutoff: Option<&i64>| cutoff.is_some_and(|c| issued_at < *c);
+    claims.jti.as_ref().is_some_and(|j| r.jti.contains(j))
+        || before(claims.sub.as_ref().and_then(|s| r.subjects.get(s)))
+        || before(claims.client_id.as_ref().and_then(|c| r.clients.get(c)))
+}

@@ -1,0 +1,143 @@
+//! The verified-claims cache: SHA-256(token) → claims, so a token's signature is checked once,
+//! not on every request. It holds nothing that depends on rules: routes, scope definitions and
+//! revocations are evaluated against the current snapshot on every request, so a change applies
+//! to the next request. An entry lives at most `min(max_ttl, exp - now)`, and is ignored when the
+//! issuers (keys) it was verified with have changed since.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use crate::store::unix_millis;
+use crate::token::Claims;
+
+/// SHA-256 of the raw token: collision-resistant, and the token itself is never stored.
+pub type TokenDigest = [u8; 32];
+
+pub fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    claims: Arc<Claims>,
+    verifier_generation: u64,
+    ttl: Duration,
+}
+
+struct EntryExpiry;
+
+impl Expiry<TokenDigest, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &TokenDigest, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// Bounded cache of verified claims.
+#[derive(Clone)]
+pub struct ClaimsCache {
+    inner: Cache<TokenDigest, Entry>,
+    max_ttl: Duration,
+}
+
+impl std::fmt::Debug for ClaimsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimsCache")
+            .field("entries", &self.inner.entry_count())
+            .field("max_ttl", &self.max_ttl)
+            .finish()
+    }
+}
+
+impl ClaimsCache {
+    /// `capacity` entries at most; `max_ttl` zero disables caching.
+    pub fn new(capacity: u64, max_ttl: Duration) -> ClaimsCache {
+        ClaimsCache {
+            inner: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(EntryExpiry)
+                .build(),
+            max_ttl,
+        }
+    }
+
+    /// Claims cached for this token under the current issuer generation, not yet expired.
+    pub fn get(&self, key: &TokenDigest, verifier_generation: u64) -> Option<Arc<Claims>> {
+        let entry = self.inner.get(key)?;
+        let now_s = (unix_millis() / 1000) as i64;
+        (entry.verifier_generation == verifier_generation && entry.claims.exp > now_s)
+            .then_some(entry.claims)
+    }
+
+    /// Caches freshly verified claims until `min(max_ttl, exp - now)`.
+    pub fn insert(&self, key: TokenDigest, claims: Arc<Claims>, verifier_generation: u64) {
+        let now_ms = unix_millis() as i64;
+        let until_exp_ms = claims.exp.saturating_mul(1000).saturating_sub(now_ms);
+        if until_exp_ms <= 0 || self.max_ttl.is_zero() {
+            return;
+        }
+        let ttl = self.max_ttl.min(Duration::from_millis(until_exp_ms as u64));
+        self.inner.insert(
+            key,
+            Entry {
+                claims,
+                verifier_generation,
+                ttl,
+            },
+        );
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Arc<Claims> {
+        Arc::new(Claims {
+            iss: "i".into(),
+            sub: Some("s".into()),
+            client_id: None,
+            jti: None,
+            iat: None,
+            exp,
+            scopes: vec![],
+        })
+    }
+
+    fn now() -> i64 {
+        (unix_millis() / 1000) as i64
+    }
+
+    #[test]
+    fn hit_only_for_same_generation() {
+        let cache = ClaimsCache::new(100, Duration::from_secs(60));
+        let key = digest("a.b.c");
+        cache.insert(key, claims(now() + 600), 7);
+        assert!(cache.get(&key, 7).is_some());
+        assert!(cache.get(&key, 8).is_none());
+        assert!(cache.get(&digest("a.b.d"), 7).is_none());
+    }
+
+    #[test]
+    fn expired_claims_are_never_returned_or_stored() {
+        let cache = ClaimsCache::new(100, Duration::from_secs(60));
+        let key = digest("t");
+        cache.insert(key, claims(now() - 1), 1);
+        assert!(cache.get(&key, 1).is_none());
+    }
+
+    #[test]
+    fn zero_ttl_disables_caching() {
+        let cache = ClaimsCache::new(100, Duration::ZERO);
+        let key = digest("t");
+        cache.insert(key, claims(now() + 600), 1);
+        assert!(cache.get(&key, 1).is_none());
+    }
+}

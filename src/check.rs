@@ -1,0 +1,183 @@
+//! The check pipeline, independent of gRPC: take the current snapshot, parse the request, verify
+//! the bearer token through the claims cache (only when the matched rule needs it), decide,
+//! apply the staleness bound, then count and log the decision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::authz::request::bearer_token;
+use crate::authz::{self, Credential, Decision, Denial, Request};
+use crate::cache::{self, ClaimsCache};
+use crate::reason::Reason;
+use crate::store::{Snapshot, SnapshotStore};
+use crate::telemetry::{self, DecisionLogMode, DecisionRecord, Metrics};
+use crate::token::TokenError;
+
+/// Context extension (Envoy `ExtAuthzPerRoute.check_settings.context_extensions`) that pins a
+/// request to one rule id instead of matching by host and path.
+pub const CONTEXT_RULE: &str = "scopegate.rule";
+
+/// Settings of the check pipeline.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    /// Tokens (Authorization values) larger than this are refused before any parsing.
+    pub max_token_bytes: usize,
+    /// Deny non-public routes when the snapshot was last confirmed longer ago than this.
+    pub max_staleness: Option<Duration>,
+    pub decision_log: DecisionLogMode,
+}
+
+impl Default for CheckSettings {
+    fn default() -> Self {
+        CheckSettings {
+            max_token_bytes: 8 * 1024,
+            max_staleness: None,
+            decision_log: DecisionLogMode::All,
+        }
+    }
+}
+
+/// One request as Envoy describes it (borrowed from the `CheckRequest`).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub host: &'a str,
+    pub method: &'a str,
+    /// `:path` as received, query included.
+    pub path: &'a str,
+    pub authorization: Option<&'a str>,
+    pub context: Option<&'a HashMap<String, String>>,
+}
+
+/// The decision plus what the response and log need.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    pub decision: Decision,
+    pub decision_id: String,
+    pub revision: Option<i64>,
+}
+
+/// Runs checks against a snapshot store.
+#[derive(Debug)]
+pub struct Checker {
+    store: Arc<SnapshotStore>,
+    cache: ClaimsCache,
+    metrics: Arc<Metrics>,
+    settings: CheckSettings,
+}
+
+impl Checker {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        cache: ClaimsCache,
+        metrics: Arc<Metrics>,
+        settings: CheckSettings,
+    ) -> Checker {
+        Checker {
+            store,
+            cache,
+            metrics,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<SnapshotStore> {
+        &self.store
+    }
+
+    /// Answers one request; never panics, never allows on an internal problem.
+    pub fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
+        let started = Instant::now();
+        let snapshot = self.store.current();
+        let decision = match snapshot.as_deref() {
+            // Fail closed: nothing has been loaded yet.
+            None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
+            Some(snapshot) => self.decide(snapshot, input),
+        };
+        let elapsed = started.elapsed();
+        let decision_id = uuid::Uuid::new_v4().simple().to_string();
+        let revision = snapshot.as_ref().map(|s| s.revision);
+        self.metrics.record(&decision, elapsed);
+        telemetry::log_decision(
+            self.settings.decision_log,
+            &DecisionRecord {
+                decision_id: &decision_id,
+                decision: &decision,
+                revision,
+                host: input.host,
+                method: input.method,
+                // Never log the query: it may carry secrets.
+                path: input.path.split(['?', '#']).next().unwrap_or(""),
+                elapsed,
+            },
+        );
+        CheckOutcome {
+            decision,
+            decision_id,
+            revision,
+        }
+    }
+
+    fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
+        let request = match Request::new(input.host, input.method, input.path) {
+            Ok(request) => request,
+            Err(e) => return Decision::deny(Denial::invalid_request(&e)),
+        };
+        let credential = || self.credential(snapshot, input.authorization);
+        let pinned_rule = input.context.and_then(|c| c.get(CONTEXT_RULE));
+        let decision = match pinned_rule {
+            Some(rule_id) => authz::decide_with_rule(snapshot, &request, rule_id, credential),
+            None => authz::decide(snapshot, &request, credential),
+        };
+        if decision.reason() != Reason::Public && self.is_stale() {
+            // Fail closed: the snapshot may be missing changes (revocations included).
+            return Decision::deny(Denial::unavailable(Reason::SnapshotStale));
+        }
+        decision
+    }
+
+    fn is_stale(&self) -> bool {
+        match (self.settings.max_staleness, self.store.age()) {
+            (Some(max), Some(age)) => age > max,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    fn credential(&self, snapshot: &Snapshot, authorization: Option<&str>) -> Credential {
+        if let Some(value) = authorization {
+            if value.len() > self.settings.max_token_bytes + "Bearer ".len() {
+                return Credential::Invalid(TokenError::TooLarge(
+                    value.len(),
+                    self.settings.max_token_bytes,
+                ));
+            }
+        }
+        match bearer_token(authorization) {
+            Err(_) => Credential::Malformed,
+            Ok(None) => Credential::Absent,
+            Ok(Some(token)) if token.len() > self.settings.max_token_bytes => Credential::Invalid(
+                TokenError::TooLarge(token.len(), self.settings.max_token_bytes),
+            ),
+            Ok(Some(token)) => self.verify(snapshot, token),
+        }
+    }
+
+    fn verify(&self, snapshot: &Snapshot, token: &str) -> Credential {
+        let key = cache::digest(token);
+        if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation) {
+            self.metrics.cache_hits.inc();
+            return Credential::Valid(claims);
+        }
+        self.metrics.cache_misses.inc();
+        match snapshot.verifier.verify(token) {
+            Ok(claims) => {
+                let claims = Arc::new(claims);
+                self.cache
+                    .insert(key, claims.clone(), snapshot.verifier_generation);
+                Credential::Valid(claims)
+            }
+            Err(e) => Credential::Invalid(e),
+        }
+    }
+}

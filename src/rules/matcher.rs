@@ -1,0 +1,250 @@
+//! The compiled route index: routes bucketed by host pattern, each bucket a trie of path
+//! segments, answering "which rule is the most specific match for host, method, path?" without
+//! scanning every rule.
+//!
+//! Precedence: exact host, then the longest `*.suffix`, then `*`; within a host bucket the
+//! path's specificity ([`PathPattern::specificity_cmp`]), then a listed method over any, then the
+//! lowest id. A bucket with no match falls through to the next less specific host bucket.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::route::{HostPattern, Route, Segment};
+
+/// Routes compiled for lookup. Cheap to query, rebuilt whole on every snapshot.
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    exact_hosts: HashMap<Box<str>, PathTrie>,
+    suffix_hosts: HashMap<Box<str>, PathTrie>,
+    any_host: PathTrie,
+    len: usize,
+}
+
+#[derive(Debug, Default)]
+struct PathTrie {
+    root: Node,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literal: HashMap<Box<str>, Node>,
+    param: Option<Box<Node>>,
+    /// Routes whose pattern ends exactly here, best first.
+    terminal: Vec<Candidate>,
+    /// Routes whose pattern is this node followed by `/**`, best first.
+    prefix: Vec<Candidate>,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    /// Position in the global precedence order: lower wins.
+    rank: u32,
+    methods: Option<Box<[Box<str>]>>,
+    route: Arc<Route>,
+}
+
+impl Candidate {
+    fn allows(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| &**x == method))
+    }
+}
+
+impl RouteIndex {
+    /// Compiles routes; their order does not matter.
+    pub fn build<I: IntoIterator<Item = Arc<Route>>>(routes: I) -> RouteIndex {
+        let mut routes: Vec<Arc<Route>> = routes.into_iter().collect();
+        routes.sort_by(|a, b| b.precedence_cmp(a));
+        let mut index = RouteIndex {
+            len: routes.len(),
+            ..RouteIndex::default()
+        };
+        for (rank, route) in routes.into_iter().enumerate() {
+            let trie = match &route.host {
+                HostPattern::Exact(h) => index.exact_hosts.entry(h.as_str().into()).or_default(),
+                HostPattern::Suffix(s) => index.suffix_hosts.entry(s.as_str().into()).or_default(),
+                HostPattern::Any => &mut index.any_host,
+            };
+            trie.insert(rank as u32, route);
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The winning route for a normalised host (lower-case, no port), method and path segments.
+    pub fn find(&self, host: &str, method: &str, segments: &[&str]) -> Option<&Arc<Route>> {
+        if let Some(found) = self.exact_hosts.get(host).and_then(|t| t.find(method, segments)) {
+            return Some(found);
+        }
+        if !self.suffix_hosts.is_empty() {
+            // Longest suffix first: ".b.example.com" before ".example.com".
+            for (i, _) in host.match_indices('.') {
+                let found = self
+                    .suffix_hosts
+                    .get(&host[i..])
+                    .and_then(|t| t.find(method, segments));
+                if found.is_some() {
+                    return found;
+                }
+            }
+        }
+        self.any_host.find(method, segments)
+    }
+}
+
+impl PathTrie {
+    fn insert(&mut self, rank: u32, route: Arc<Route>) {
+        let mut node = &mut self.root;
+        for segment in &route.path.segments {
+            node = match segment {
+                Segment::Literal(lit) => node.literal.entry(lit.as_str().into()).or_default(),
+                Segment::Param(_) => node.param.get_or_insert_with(Box::default),
+            };
+        }
+        let candidate = Candidate {
+            rank,
+            methods: route
+                .methods
+                .as_ref()
+                .map(|m| m.iter().map(|s| s.as_str().into()).collect()),
+            route: route.clone(),
+        };
+        // Inserted in rank order, so each list stays sorted best first.
+        if route.path.prefix {
+            node.prefix.push(candidate);
+        } else {
+            node.terminal.push(candidate);
+        }
+    }
+
+    fn find(&self, method: &str, segments: &[&str]) -> Option<&Arc<Route>> {
+        let mut best: Option<&Candidate> = None;
+        walk(&self.root, segments, method, &mut best);
+        best.map(|c| &c.route)
+    }
+}
+
+fn walk<'a>(node: &'a Node, rest: &[&str], method: &str, best: &mut Option<&'a Candidate>) {
+    consider(&node.prefix, method, best);
+    let Some((head, tail)) = rest.split_first() else {
+        consider(&node.terminal, method, best);
+        return;
+    };
+    if let Some(child) = node.literal.get(*head) {
+        walk(child, tail, method, best);
+    }
+    if let Some(child) = &node.param {
+        walk(child, tail, method, best);
+    }
+}
+
+fn consider<'a>(list: &'a [Candidate], method: &str, best: &mut Option<&'a Candidate>) {
+    if let Some(c) = list.iter().find(|c| c.allows(method)) {
+        let better = best.is_none_or(|b| c.rank.cmp(&b.rank) == Ordering::Less);
+        if better {
+            *best = Some(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(id: &str, host: &str, path: &str, methods: Option<&[&str]>) -> Arc<Route> {
+        let mut v = json!({"host": host, "path": path, "require": {"public": true}});
+        if let Some(m) = methods {
+            v["methods"] = json!(m);
+        }
+        Arc::new(Route::from_json(id, &v).unwrap())
+    }
+
+    fn find<'a>(index: &'a RouteIndex, host: &str, method: &str, path: &str) -> Option<&'a str> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        index.find(host, method, &segs).map(|r| r.id.as_str())
+    }
+
+    #[test]
+    fn exact_path_over_param_over_prefix() {
+        let index = RouteIndex::build([
+            route("prefix", "*", "/orders/**", None),
+            route("param", "*", "/orders/{id}", None),
+            route("exact", "*", "/orders/special", None),
+        ]);
+        assert_eq!(find(&index, "h", "GET", "/orders/special"), Some("exact"));
+        assert_eq!(find(&index, "h", "GET", "/orders/42"), Some("param"));
+        assert_eq!(find(&index, "h", "GET", "/orders/42/items"), Some("prefix"));
+        assert_eq!(find(&index, "h", "GET", "/orders"), Some("prefix"));
+        assert_eq!(find(&index, "h", "GET", "/other"), None);
+    }
+
+    #[test]
+    fn longer_prefix_and_literal_first_win() {
+        let index = RouteIndex::build([
+            route("all", "*", "/**", None),
+            route("api", "*", "/api/**", None),
+            route("left-literal", "*", "/a/b/{x}", None),
+            route("right-literal", "*", "/a/{y}/c", None),
+        ]);
+        assert_eq!(find(&index, "h", "GET", "/api/v1/x"), Some("api"));
+        assert_eq!(find(&index, "h", "GET", "/"), Some("all"));
+        assert_eq!(find(&index, "h", "GET", "/a/b/c"), Some("left-literal"));
+        assert_eq!(find(&index, "h", "GET", "/a/z/c"), Some("right-literal"));
+    }
+
+    #[test]
+    fn host_precedence_and_fallthrough() {
+        let index = RouteIndex::build([
+            route("any", "*", "/**", None),
+            route("wild", "*.example.com", "/x", None),
+            route("deep-wild", "*.b.example.com", "/x", None),
+            route("exact", "a.b.example.com", "/y", None),
+        ]);
+        assert_eq!(find(&index, "a.b.example.com", "GET", "/y"), Some("exact"));
+        // The exact bucket has no /x: fall through to the longest matching suffix.
+        assert_eq!(find(&index, "a.b.example.com", "GET", "/x"), Some("deep-wild"));
+        assert_eq!(find(&index, "c.example.com", "GET", "/x"), Some("wild"));
+        // `*.example.com` does not cover `example.com` itself.
+        assert_eq!(find(&index, "example.com", "GET", "/x"), Some("any"));
+    }
+
+    #[test]
+    fn listed_method_beats_any_and_filters() {
+        let index = RouteIndex::build([
+            route("any-method", "*", "/r", None),
+            route("get-only", "*", "/r", Some(&["GET"])),
+            route("post-only", "*", "/w", Some(&["POST"])),
+        ]);
+        assert_eq!(find(&index, "h", "GET", "/r"), Some("get-only"));
+        assert_eq!(find(&index, "h", "DELETE", "/r"), Some("any-method"));
+        assert_eq!(find(&index, "h", "GET", "/w"), None);
+    }
+
+    #[test]
+    fn ties_break_by_lowest_id_whatever_the_insertion_order() {
+        let a = route("a", "*", "/t/{x}", None);
+        let b = route("b", "*", "/t/{y}", None);
+        let one = RouteIndex::build([a.clone(), b.clone()]);
+        let two = RouteIndex::build([b, a]);
+        assert_eq!(find(&one, "h", "GET", "/t/1"), Some("a"));
+        assert_eq!(find(&two, "h", "GET", "/t/1"), Some("a"));
+    }
+
+    #[test]
+    fn params_match_exactly_one_segment() {
+        let index = RouteIndex::build([route("p", "*", "/u/{id}", None)]);
+        assert_eq!(find(&index, "h", "GET", "/u/1"), Some("p"));
+        assert_eq!(find(&index, "h", "GET", "/u"), None);
+        assert_eq!(find(&index, "h", "GET", "/u/1/2"), None);
+    }
+}

@@ -1,0 +1,378 @@
+//! A route rule: host pattern, path pattern, methods, scope requirement and mode, validated from
+//! its JSON form. Specificity (which of several matching rules wins) is defined here too.
+
+use std::cmp::Ordering;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::validate_scope_token;
+
+/// Why a route value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0}")]
+    Shape(String),
+    #[error("host {0:?}: {1}")]
+    Host(String, &'static str),
+    #[error("path {0:?}: {1}")]
+    Path(String, &'static str),
+    #[error("method {0:?} is not an HTTP method token")]
+    Method(String),
+    #[error("require: {0}")]
+    Require(String),
+    #[error("mode {0:?}: expected \"enforce\" or \"dry_run\"")]
+    Mode(String),
+}
+
+/// Which hosts a route applies to. Hosts are compared lower-case, without port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`: any name below `example.com` (not `example.com` itself); holds `.example.com`.
+    Suffix(String),
+    /// `*`
+    Any,
+}
+
+impl HostPattern {
+    pub fn parse(raw: &str) -> Result<HostPattern, RouteError> {
+        let host = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+        let bad = |why| Err(RouteError::Host(raw.to_string(), why));
+        if raw == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (name, wildcard) = match host.strip_prefix("*.") {
+            Some(rest) => (rest.to_string(), true),
+            None => (host.clone(), false),
+        };
+        if name.is_empty() || name.len() > 253 {
+            return bad("must be a host name, `*.suffix` or `*`");
+        }
+        let valid = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'));
+        if !valid || name.contains('*') || name.split('.').any(str::is_empty) {
+            return bad("must be a host name, `*.suffix` or `*` (no port, no other wildcards)");
+        }
+        Ok(if wildcard {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+}
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param(String),
+}
+
+/// A path pattern: `/exact`, `/orders/{id}`, `/static/**` (prefix: the path itself and all below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    pub segments: Vec<Segment>,
+    pub prefix: bool,
+    pub source: String,
+}
+
+impl PathPattern {
+    pub fn parse(raw: &str) -> Result<PathPattern, RouteError> {
+        let bad = |why| Err(RouteError::Path(raw.to_string(), why));
+        if !raw.starts_with('/') {
+            return bad("must start with '/'");
+        }
+        if raw.contains(['?', '#', '\\']) || raw.chars().any(|c| c.is_control() || c == ' ') {
+            return bad("must not contain '?', '#', '\\', spaces or control characters");
+        }
+        let trimmed = raw.trim_end_matches('/');
+        let mut parts: Vec<&str> = if trimmed.is_empty() {
+            Vec::new()
+        } else {
+            trimmed[1..].split('/').collect()
+        };
+        let prefix = parts.last() == Some(&"**");
+        if prefix {
+            parts.pop();
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for part in parts {
+            segments.push(parse_segment(raw, part)?);
+        }
+        Ok(PathPattern {
+            segments,
+            prefix,
+            source: raw.to_string(),
+        })
+    }
+
+    /// Orders two patterns that match the same path: `Greater` means `self` is more specific.
+    /// Exact beats `{param}` beats `/**`; among prefixes the longer wins; otherwise a literal
+    /// segment beats a parameter at the first position where they differ.
+    pub fn specificity_cmp(&self, other: &PathPattern) -> Ordering {
+        (!self.prefix)
+            .cmp(&!other.prefix)
+            .then_with(|| {
+                if self.prefix {
+                    self.segments.len().cmp(&other.segments.len())
+                } else {
+                    Ordering::Equal
+                }
+            })
+            .then_with(|| {
+                let kinds = |p: &PathPattern| -> Vec<bool> {
+                    p.segments
+                        .iter()
+                        .map(|s| matches!(s, Segment::Literal(_)))
+                        .collect()
+                };
+                kinds(self).cmp(&kinds(other))
+            })
+    }
+}
+
+fn parse_segment(raw: &str, part: &str) -> Result<Segment, RouteError> {
+    let bad = |why| Err(RouteError::Path(raw.to_string(), why));
+    if part.is_empty() {
+        return bad("empty segment ('//')");
+    }
+    if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+        let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        return if ok {
+            Ok(Segment::Param(name.to_string()))
+        } else {
+            bad("parameter names are {letters_digits_underscore}")
+        };
+    }
+    if part.contains(['{', '}', '*']) {
+        return bad("'**' is only allowed as the last segment; '{' '}' only as a whole {param} segment");
+    }
+    if part == "." || part == ".." || part.contains('%') {
+        return bad("literal segments must be normalised (no '.', '..' or percent-encoding)");
+    }
+    Ok(Segment::Literal(part.to_string()))
+}
+
+/// What a token must carry for a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    All(Vec<String>),
+    Any(Vec<String>),
+    Public,
+}
+
+impl Requirement {
+    /// The scopes to list in a `WWW-Authenticate: … scope="…"` challenge.
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Requirement::All(s) | Requirement::Any(s) => s,
+            Requirement::Public => &[],
+        }
+    }
+}
+
+/// `enforce` denies; `dry_run` allows and reports what would have been denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+/// A validated route rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub id: String,
+    pub host: HostPattern,
+    pub path: PathPattern,
+    /// `None`: any method. Upper-case tokens otherwise.
+    pub methods: Option<Vec<String>>,
+    pub require: Requirement,
+    pub mode: Mode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: String,
+    path: String,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    require: RawRequire,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequire {
+    #[serde(default)]
+    all: Option<Vec<String>>,
+    #[serde(default)]
+    any: Option<Vec<String>>,
+    #[serde(default)]
+    public: Option<bool>,
+}
+
+impl Route {
+    pub fn from_json(id: &str, value: &Value) -> Result<Route, RouteError> {
+        let raw = RawRoute::deserialize(value).map_err(|e| RouteError::Shape(e.to_string()))?;
+        Ok(Route {
+            id: id.to_string(),
+            host: HostPattern::parse(&raw.host)?,
+            path: PathPattern::parse(&raw.path)?,
+            methods: raw.methods.map(parse_methods).transpose()?,
+            require: parse_require(raw.require)?,
+            mode: parse_mode(raw.mode.as_deref())?,
+        })
+    }
+
+    /// Orders two routes that both match a request: `Greater` means `self` wins.
+    /// Host specificity is decided by the index before this is consulted.
+    pub fn precedence_cmp(&self, other: &Route) -> Ordering {
+        self.path
+            .specificity_cmp(&other.path)
+            .then_with(|| self.methods.is_some().cmp(&other.methods.is_some()))
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+fn parse_methods(methods: Vec<String>) -> Result<Vec<String>, RouteError> {
+    if methods.is_empty() {
+        return Err(RouteError::Shape(
+            "methods: an empty list matches nothing; omit it to match any method".into(),
+        ));
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            let ok = !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+            if ok {
+                Ok(m.to_ascii_uppercase())
+            } else {
+                Err(RouteError::Method(m))
+            }
+        })
+        .collect()
+}
+
+fn parse_require(raw: RawRequire) -> Result<Requirement, RouteError> {
+    let scopes = |list: Vec<String>| -> Result<Vec<String>, RouteError> {
+        if list.is_empty() {
+            return Err(RouteError::Require("scope list must not be empty".into()));
+        }
+        for s in &list {
+            validate_scope_token(s).map_err(RouteError::Require)?;
+        }
+        Ok(list)
+    };
+    match (raw.all, raw.any, raw.public) {
+        (Some(all), None, None) => Ok(Requirement::All(scopes(all)?)),
+        (None, Some(any), None) => Ok(Requirement::Any(scopes(any)?)),
+        (None, None, Some(true)) => Ok(Requirement::Public),
+        _ => Err(RouteError::Require(
+            "exactly one of {\"all\":[…]}, {\"any\":[…]} or {\"public\":true}".into(),
+        )),
+    }
+}
+
+fn parse_mode(raw: Option<&str>) -> Result<Mode, RouteError> {
+    match raw {
+        None | Some("enforce") => Ok(Mode::Enforce),
+        Some("dry_run") => Ok(Mode::DryRun),
+        Some(other) => Err(RouteError::Mode(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(v: Value) -> Result<Route, RouteError> {
+        Route::from_json("r", &v)
+    }
+
+    #[test]
+    fn parses_a_full_route() {
+        let r = route(json!({"host":"API.Example.com","path":"/orders/{id}","methods":["get"],
+            "require":{"all":["orders:read"]},"mode":"dry_run"}))
+        .unwrap();
+        assert_eq!(r.host, HostPattern::Exact("api.example.com".into()));
+        assert_eq!(
+            r.path.segments,
+            vec![Segment::Literal("orders".into()), Segment::Param("id".into())]
+        );
+        assert_eq!(r.methods, Some(vec!["GET".to_string()]));
+        assert_eq!(r.mode, Mode::DryRun);
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
+        assert_eq!(
+            HostPattern::parse("*.Example.com").unwrap(),
+            HostPattern::Suffix(".example.com".into())
+        );
+        for bad in ["", "a*.example.com", "*.*.com", "a..b", "a b", "*."] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_patterns() {
+        let p = PathPattern::parse("/static/**").unwrap();
+        assert!(p.prefix);
+        assert_eq!(p.segments, vec![Segment::Literal("static".into())]);
+        let root = PathPattern::parse("/").unwrap();
+        assert!(root.segments.is_empty() && !root.prefix);
+        for bad in [
+            "orders",
+            "/a/**/b",
+            "/a//b",
+            "/a/../b",
+            "/a/%2e",
+            "/a?x",
+            "/a/{}",
+            "/a/{x-y}",
+            "/a*",
+        ] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn require_needs_exactly_one_form() {
+        assert!(route(json!({"host":"*","path":"/","require":{}})).is_err());
+        assert!(
+            route(json!({"host":"*","path":"/","require":{"all":["a"],"any":["b"]}})).is_err()
+        );
+        assert!(route(json!({"host":"*","path":"/","require":{"public":false}})).is_err());
+        assert!(route(json!({"host":"*","path":"/","require":{"all":[]}})).is_err());
+        assert!(route(json!({"host":"*","path":"/","require":{"public":true}})).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_modes_are_rejected() {
+        assert!(route(json!({"host":"*","path":"/","require":{"public":true},"x":1})).is_err());
+        assert!(route(json!({"host":"*","path":"/","require":{"public":true},"mode":"audit"})).is_err());
+        assert!(route(json!({"host":"*","path":"/","methods":[],"require":{"public":true}})).is_err());
+    }
+
+    #[test]
+    fn specificity_exact_over_param_over_prefix() {
+        let p = |s| PathPattern::parse(s).unwrap();
+        assert_eq!(p("/a/b").specificity_cmp(&p("/a/{x}")), Ordering::Greater);
+        assert_eq!(p("/a/{x}").specificity_cmp(&p("/a/**")), Ordering::Greater);
+        assert_eq!(p("/a/b/**").specificity_cmp(&p("/a/**")), Ordering::Greater);
+        assert_eq!(p("/a/b/{x}").specificity_cmp(&p("/a/{y}/c")), Ordering::Greater);
+        assert_eq!(p("/a/{x}").specificity_cmp(&p("/a/{y}")), Ordering::Equal);
+    }
+}

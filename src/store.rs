@@ -1,0 +1,176 @@
+//! The rule snapshot and its publication. A [`Snapshot`] is everything a decision reads (routes,
+//! scope definitions, revocations, issuers) at one source revision, immutable once built. The
+//! [`SnapshotStore`] swaps whole snapshots atomically, so a request never sees half a change, and
+//! remembers when the source last confirmed the snapshot current (for `--max-staleness`).
+
+pub mod etcd;
+pub mod file;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+use crate::authz::scope::ScopeGraph;
+use crate::rules::matcher::RouteIndex;
+use crate::rules::RuleSet;
+use crate::token::Verifier;
+
+static VERIFIER_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Revoked tokens, subjects and clients.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    pub jti: HashSet<String>,
+    /// subject → tokens issued before this unix time are revoked.
+    pub subjects: HashMap<String, i64>,
+    /// client id → tokens issued before this unix time are revoked.
+    pub clients: HashMap<String, i64>,
+}
+
+/// Everything one decision reads, at one revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// etcd revision, or a reload counter for a rules file.
+    pub revision: i64,
+    pub routes: RouteIndex,
+    pub scopes: ScopeGraph,
+    pub revocations: Revocations,
+    pub verifier: Arc<Verifier>,
+    /// Changes whenever the issuers change; cached claims from another generation are re-verified.
+    pub verifier_generation: u64,
+    /// The validated entries this snapshot was built from (the base for the next revision).
+    pub rules: RuleSet,
+}
+
+impl Snapshot {
+    /// Compiles a rule set. `previous` lets an unchanged issuer set keep its verifier (and so the
+    /// verified-claims cache stays warm across route or revocation changes).
+    pub fn build(rules: RuleSet, revision: i64, previous: Option<&Snapshot>) -> Snapshot {
+        let (verifier, verifier_generation) = match previous {
+            Some(prev) if same_issuers(&prev.rules, &rules) => {
+                (prev.verifier.clone(), prev.verifier_generation)
+            }
+            _ => (
+                Arc::new(Verifier::new(rules.issuers.values().cloned())),
+                VERIFIER_GENERATION.fetch_add(1, Ordering::Relaxed),
+            ),
+        };
+        let revocations = Revocations {
+            jti: rules.revoked_jti.keys().cloned().collect(),
+            subjects: rules
+                .revoked_subjects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.issued_before))
+                .collect(),
+            clients: rules
+                .revoked_clients
+                .iter()
+                .map(|(k, v)| (k.clone(), v.issued_before))
+                .collect(),
+        };
+        Snapshot {
+            revision,
+            routes: RouteIndex::build(rules.routes.values().cloned()),
+            scopes: ScopeGraph::build(&rules.scopes),
+            revocations,
+            verifier,
+            verifier_generation,
+            rules,
+        }
+    }
+}
+
+fn same_issuers(a: &RuleSet, b: &RuleSet) -> bool {
+    a.issuers.len() == b.issuers.len()
+        && a
+            .issuers
+            .iter()
+            .zip(&b.issuers)
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
+}
+
+/// Unix milliseconds now.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The current snapshot, swapped atomically, plus source health.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    current: ArcSwapOption<Snapshot>,
+    /// Unix ms when the source last confirmed the snapshot is current (0: never).
+    confirmed_at_ms: AtomicU64,
+    revision: watch::Sender<i64>,
+    last_error: Mutex<Option<String>>,
+    applied_revisions: AtomicI64,
+}
+
+impl Default for SnapshotStore {
+    fn default() -> Self {
+        SnapshotStore {
+            current: ArcSwapOption::empty(),
+            confirmed_at_ms: AtomicU64::new(0),
+            revision: watch::channel(0).0,
+            last_error: Mutex::new(None),
+            applied_revisions: AtomicI64::new(0),
+        }
+    }
+}
+
+impl SnapshotStore {
+    pub fn new() -> Arc<SnapshotStore> {
+        Arc::new(SnapshotStore::default())
+    }
+
+    /// The snapshot to decide with; `None` until the first one is published.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new snapshot; the very next request reads it.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision;
+        self.current.store(Some(Arc::new(snapshot)));
+        self.confirm();
+        self.applied_revisions.fetch_add(1, Ordering::Relaxed);
+        self.revision.send_replace(revision);
+    }
+
+    /// Records that the source confirmed the current snapshot is up to date.
+    pub fn confirm(&self) {
+        self.confirmed_at_ms.store(unix_millis(), Ordering::Relaxed);
+    }
+
+    /// How long since the source last confirmed the snapshot; `None` before the first one.
+    pub fn age(&self) -> Option<Duration> {
+        match self.confirmed_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(unix_millis().saturating_sub(at))),
+        }
+    }
+
+    /// Subscribe to published revisions (tests and readiness wait on this).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    /// Records (or clears) the source's last error, shown on `/status`.
+    pub fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many snapshots have been published.
+    pub fn publish_count(&self) -> i64 {
+        self.applied_revisions.load(Ordering::Relaxed)
+    }
+}

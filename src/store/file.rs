@@ -1,0 +1,146 @@
+//! The rules-file source (the embedded default): load the file, publish it as a snapshot, and
+//! reload it when it changes. A file that fails validation is rejected whole; the previous
+//! snapshot keeps serving and the error (naming every bad entry) is logged, counted and shown on
+//! `/status`. Changes are seen through filesystem notifications on the file's directory (which
+//! also catches editors' rename-on-save and Kubernetes ConfigMap symlink swaps), with a periodic
+//! re-read as a fallback.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{Snapshot, SnapshotStore};
+use crate::rules::document::{self, DocumentError};
+use crate::telemetry::Metrics;
+
+/// Quiet time after a change notification before the file is read (writers often truncate,
+/// then write, then rename: one reload after the burst instead of one per step).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Watches one rules file and keeps the store's snapshot in line with it.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    revision: i64,
+    last_seen: Option<[u8; 32]>,
+}
+
+impl FileSource {
+    pub fn new(path: &Path, store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> FileSource {
+        FileSource {
+            path: path.to_path_buf(),
+            store,
+            metrics,
+            revision: 0,
+            last_seen: None,
+        }
+    }
+
+    /// Loads the file for the first time; an invalid file is an error (nothing to serve).
+    pub fn load(&mut self) -> Result<(), DocumentError> {
+        let rules = document::load_file(&self.path)?;
+        let text = std::fs::read(&self.path).unwrap_or_default();
+        self.last_seen = Some(Sha256::digest(&text).into());
+        self.apply(rules);
+        Ok(())
+    }
+
+    fn apply(&mut self, rules: crate::rules::RuleSet) {
+        self.revision += 1;
+        let previous = self.store.current();
+        let routes = rules.routes.len();
+        let snapshot = Snapshot::build(rules, self.revision, previous.as_deref());
+        self.store.publish(snapshot);
+        self.store.set_last_error(None);
+        self.metrics.snapshot_revision.set(self.revision);
+        self.metrics.record_reload(true);
+        tracing::info!(path = %self.path.display(), revision = self.revision, routes, "rules loaded");
+    }
+
+    /// Re-reads the file if its content changed since the last attempt.
+    pub fn reload_if_changed(&mut self) {
+        let text = match std::fs::read(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.reject(format!("cannot read {}: {e}", self.path.display()));
+                return;
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(&text).into();
+        if self.last_seen == Some(digest) {
+            self.store.confirm();
+            return;
+        }
+        self.last_seen = Some(digest);
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|e| DocumentError::Syntax {
+                path: self.path.display().to_string(),
+                message: e.to_string(),
+            })
+            .and_then(|text| document::parse_document(text, &self.path));
+        match parsed {
+            Ok(rules) => self.apply(rules),
+            Err(e) => self.reject(e.to_string()),
+        }
+    }
+
+    fn reject(&mut self, error: String) {
+        self.metrics.rule_errors.inc();
+        self.metrics.record_reload(false);
+        tracing::error!(
+            path = %self.path.display(),
+            kept_revision = self.revision,
+            error = %error,
+            "rules file rejected; the previous rules stay in force"
+        );
+        self.store.set_last_error(Some(error));
+    }
+
+    /// Watches the file until the task is dropped. `poll` is the fallback re-read interval.
+    pub async fn watch(mut self, poll: Duration) {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let _watcher = self.start_notify(tx);
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = ticker.tick() => {}
+            }
+            self.reload_if_changed();
+        }
+        #[allow(unreachable_code)]
+        drop(_watcher);
+    }
+
+    fn start_notify(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                // Full channel: a reload is already pending, which will see this change.
+                let _ = tx.try_send(());
+            }
+        });
+        match watcher.and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "file notifications unavailable; polling only");
+                None
+            }
+        }
+    }
+}

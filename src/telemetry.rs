@@ -1,0 +1,264 @@
+//! Observability: tracing initialisation, the Prometheus metrics (names are public interface),
+//! and the decision log (one JSON line per check, never the token).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::authz::{Decision, Verdict};
+use crate::reason::Reason;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Which decisions are written to the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionLogMode {
+    /// Every decision.
+    All,
+    /// Denials and dry-run would-be denials only.
+    Deny,
+    /// No decision log.
+    Off,
+}
+
+/// Installs the global tracing subscriber. Levels come from `RUST_LOG` (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// All metrics. Cheap to update from the hot path: per-reason counters are created up front.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    check_duration: Histogram,
+    decisions_by_reason: Vec<Counter>,
+    dry_run_by_reason: Vec<Counter>,
+    pub scope_mismatch: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub snapshot_revision: Gauge,
+    pub snapshot_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub rule_errors: Counter,
+    pub watch_restarts: Counter,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+const DURATION_BUCKETS: [f64; 14] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1,
+];
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let check_duration = Histogram::new(DURATION_BUCKETS);
+        registry.register(
+            "scopegate_check_duration_seconds",
+            "Time to answer one Check, from request to response",
+            check_duration.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("scopegate_decisions", "Decisions by outcome and reason code", decisions.clone());
+        let dry_run = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "scopegate_dry_run_would_deny",
+            "Requests allowed by a dry_run rule that enforce would have denied, by reason",
+            dry_run.clone(),
+        );
+        let decisions_by_reason = Reason::ALL
+            .iter()
+            .map(|r| {
+                let decision = if is_allow_reason(*r) { "allow" } else { "deny" };
+                decisions
+                    .get_or_create(&DecisionLabels { decision, reason: r.as_str() })
+                    .clone()
+            })
+            .collect();
+        let dry_run_by_reason = Reason::ALL
+            .iter()
+            .map(|r| dry_run.get_or_create(&ReasonLabel { reason: r.as_str() }).clone())
+            .collect();
+        let scope_mismatch = Counter::default();
+        registry.register(
+            "scopegate_scope_mismatch",
+            "Valid tokens that lacked the scope a rule required",
+            scope_mismatch.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register("scopegate_cache_hits", "Verified-claims cache hits", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("scopegate_cache_misses", "Verified-claims cache misses", cache_misses.clone());
+        let snapshot_revision = Gauge::default();
+        registry.register(
+            "scopegate_snapshot_revision",
+            "Source revision of the snapshot in force (etcd revision or file reload count)",
+            snapshot_revision.clone(),
+        );
+        let snapshot_age_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "scopegate_snapshot_age_seconds",
+            "Seconds since the source last confirmed the snapshot current",
+            snapshot_age_seconds.clone(),
+        );
+        let rule_errors = Counter::default();
+        registry.register(
+            "scopegate_rule_errors",
+            "Rule entries or files rejected by validation",
+            rule_errors.clone(),
+        );
+        let watch_restarts = Counter::default();
+        registry.register(
+            "scopegate_watch_restarts",
+            "Times the source watch was re-established after an error",
+            watch_restarts.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("scopegate_reloads", "Snapshot rebuilds by result", reloads.clone());
+        Arc::new(Metrics {
+            registry,
+            check_duration,
+            decisions_by_reason,
+            dry_run_by_reason,
+            scope_mismatch,
+            cache_hits,
+            cache_misses,
+            snapshot_revision,
+            snapshot_age_seconds,
+            rule_errors,
+            watch_restarts,
+            reloads,
+        })
+    }
+
+    /// Counts one decision and its latency.
+    pub fn record(&self, decision: &Decision, elapsed: Duration) {
+        self.check_duration.observe(elapsed.as_secs_f64());
+        let reason = decision.reason();
+        self.decisions_by_reason[reason_index(reason)].inc();
+        match &decision.verdict {
+            Verdict::Allow {
+                would_deny: Some(would),
+                ..
+            } => {
+                self.dry_run_by_reason[reason_index(*would)].inc();
+            }
+            Verdict::Deny(d) if d.reason == Reason::InsufficientScope => {
+                self.scope_mismatch.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts a snapshot rebuild (`applied` or `rejected`).
+    pub fn record_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn is_allow_reason(reason: Reason) -> bool {
+    matches!(reason, Reason::Allowed | Reason::Public | Reason::DryRun)
+}
+
+/// What one decision-log line carries (borrowed from the check; never the token).
+#[derive(Debug)]
+pub struct DecisionRecord<'a> {
+    pub decision_id: &'a str,
+    pub decision: &'a Decision,
+    pub revision: Option<i64>,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub elapsed: Duration,
+}
+
+/// Writes the decision log line, if the mode wants this decision.
+pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
+    let decision = record.decision;
+    let wanted = match mode {
+        DecisionLogMode::Off => false,
+        DecisionLogMode::All => true,
+        DecisionLogMode::Deny => {
+            !decision.is_allow() || matches!(decision.verdict, Verdict::Allow { would_deny: Some(_), .. })
+        }
+    };
+    if !wanted {
+        return;
+    }
+    let claims = decision.claims.as_deref();
+    let (verdict, status, would_deny) = match &decision.verdict {
+        Verdict::Allow { would_deny, .. } => ("allow", 200u16, would_deny.map(Reason::as_str)),
+        Verdict::Deny(d) => ("deny", d.status as u16, None),
+    };
+    tracing::info!(
+        target: "scopegate::decision",
+        decision_id = record.decision_id,
+        decision = verdict,
+        status,
+        reason = decision.reason().as_str(),
+        would_deny,
+        rule_id = decision.rule.as_ref().map(|r| r.id.as_str()),
+        revision = record.revision,
+        subject = claims.and_then(|c| c.sub.as_deref()),
+        client_id = claims.and_then(|c| c.client_id.as_deref()),
+        host = record.host,
+        method = record.method,
+        path = record.path,
+        latency_us = record.elapsed.as_micros() as u64,
+        "decision"
+    );
+}

@@ -1,0 +1,279 @@
+//! JWT access-token verification (RFC 7519, RFC 8725, RFC 9068): choose the issuer by `iss`,
+//! check `alg` against the issuer's pinned list (the token never chooses), pick the key by `kid`
+//! among keys of the matching type, verify signature, `iss`, `aud`, `exp`, `nbf` and `typ`, and
+//! return the [`Claims`] that the decision needs. `jku`, `x5u` and `jwk` headers are ignored;
+//! `crit` is refused (no extension is understood).
+
+pub mod issuer;
+pub mod jwks;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Header};
+use serde::Deserialize;
+
+pub use issuer::IssuerConfig;
+pub use jwks::VerificationKey;
+
+use crate::reason::Reason;
+
+/// Why a token was refused. Every variant maps to a stable [`Reason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is {0} bytes, above the {1}-byte limit")]
+    TooLarge(usize, usize),
+    #[error("token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    #[error("no configured issuer matches iss {0:?}")]
+    UnknownIssuer(String),
+    #[error("alg {0} is not allowed for this issuer")]
+    AlgorithmNotAllowed(String),
+    #[error("no key matches kid {kid:?} for alg {alg}")]
+    UnknownKey { kid: Option<String>, alg: String },
+    #[error("signature does not verify")]
+    InvalidSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("aud does not contain an accepted audience")]
+    InvalidAudience,
+    #[error("typ header {0:?} is not the required type")]
+    InvalidType(Option<String>),
+    #[error("claims are invalid: {0}")]
+    InvalidClaims(String),
+}
+
+impl TokenError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            TokenError::TooLarge(..) => Reason::TokenTooLarge,
+            TokenError::Malformed(_) => Reason::MalformedToken,
+            TokenError::UnknownIssuer(_) => Reason::UnknownIssuer,
+            TokenError::AlgorithmNotAllowed(_) => Reason::AlgorithmNotAllowed,
+            TokenError::UnknownKey { .. } => Reason::UnknownKey,
+            TokenError::InvalidSignature => Reason::InvalidSignature,
+            TokenError::Expired => Reason::TokenExpired,
+            TokenError::NotYetValid => Reason::TokenNotYetValid,
+            TokenError::InvalidAudience => Reason::InvalidAudience,
+            TokenError::InvalidType(_) => Reason::InvalidType,
+            TokenError::InvalidClaims(_) => Reason::InvalidClaims,
+        }
+    }
+
+    /// A short RFC 6750 `error_description` (only characters the grammar allows).
+    pub fn description(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge(..) => "The access token is too large",
+            TokenError::Malformed(_) => "The access token is malformed",
+            TokenError::UnknownIssuer(_) => "The access token issuer is not trusted",
+            TokenError::AlgorithmNotAllowed(_)
+            | TokenError::UnknownKey { .. }
+            | TokenError::InvalidSignature => "The access token signature is invalid",
+            TokenError::Expired => "The access token expired",
+            TokenError::NotYetValid => "The access token is not valid yet",
+            TokenError::InvalidAudience => "The access token audience is not accepted",
+            TokenError::InvalidType(_) => "The access token type is not accepted",
+            TokenError::InvalidClaims(_) => "The access token claims are invalid",
+        }
+    }
+}
+
+/// What a verified access token says about its bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: Option<String>,
+    /// RFC 9068 `client_id`, else `azp`.
+    pub client_id: Option<String>,
+    pub jti: Option<String>,
+    pub iat: Option<i64>,
+    pub exp: i64,
+    /// From `scope` (space-delimited) and/or `scp` (array or string), de-duplicated.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    iss: String,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<i64>,
+    exp: i64,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    scp: Option<OneOrMany>,
+}
+
+impl From<RawClaims> for Claims {
+    fn from(raw: RawClaims) -> Claims {
+        let mut scopes: Vec<String> = Vec::new();
+        let mut push = |s: &str| {
+            if !s.is_empty() && !scopes.iter().any(|x| x == s) {
+                scopes.push(s.to_string());
+            }
+        };
+        raw.scope.as_deref().into_iter().flat_map(|s| s.split(' ')).for_each(&mut push);
+        match &raw.scp {
+            Some(OneOrMany::One(s)) => s.split(' ').for_each(&mut push),
+            Some(OneOrMany::Many(list)) => list.iter().for_each(|s| push(s)),
+            None => {}
+        }
+        Claims {
+            iss: raw.iss,
+            sub: raw.sub,
+            client_id: raw.client_id.or(raw.azp),
+            jti: raw.jti,
+            iat: raw.iat,
+            exp: raw.exp,
+            scopes,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct IssuerPeek {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// Verifies tokens against a set of issuers. Built once per snapshot; immutable.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    by_issuer: HashMap<String, Arc<IssuerConfig>>,
+}
+
+impl Verifier {
+    pub fn new<I: IntoIterator<Item = Arc<IssuerConfig>>>(issuers: I) -> Verifier {
+        let by_issuer = issuers
+            .into_iter()
+            .map(|cfg| (cfg.issuer.clone(), cfg))
+            .collect();
+        Verifier { by_issuer }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    /// Verifies a compact JWS token. The caller has already bounded its size.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(malformed)?;
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed("crit header is not supported".into()));
+        }
+        let peek: IssuerPeek = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(malformed)?;
+        let iss = peek
+            .iss
+            .ok_or_else(|| TokenError::InvalidClaims("iss is missing".into()))?;
+        let issuer = self
+            .by_issuer
+            .get(&iss)
+            .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?;
+        verify_with_issuer(issuer, &header, token)
+    }
+}
+
+fn verify_with_issuer(
+    issuer: &IssuerConfig,
+    header: &Header,
+    token: &str,
+) -> Result<Claims, TokenError> {
+    let alg = header.alg;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}")));
+    }
+    if let Some(required) = &issuer.require_typ {
+        if !typ_matches(header.typ.as_deref(), required) {
+            return Err(TokenError::InvalidType(header.typ.clone()));
+        }
+    }
+    let mut keys = issuer
+        .keys
+        .iter()
+        .filter(|k| k.allows(alg) && (header.kid.is_none() || k.kid == header.kid))
+        .peekable();
+    if keys.peek().is_none() {
+        return Err(TokenError::UnknownKey {
+            kid: header.kid.clone(),
+            alg: format!("{alg:?}"),
+        });
+    }
+    let mut last = TokenError::InvalidSignature;
+    for key in keys {
+        match jsonwebtoken::decode::<RawClaims>(token, &key.key, &issuer.validation) {
+            Ok(data) => return Ok(data.claims.into()),
+            Err(e) => {
+                last = map_error(e.kind());
+                if last != TokenError::InvalidSignature {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// RFC 9068 §4: `at+jwt` may also be written `application/at+jwt`; compared case-insensitively.
+fn typ_matches(typ: Option<&str>, required: &str) -> bool {
+    let Some(typ) = typ else { return false };
+    let strip = |s: &str| {
+        let lower = s.to_ascii_lowercase();
+        lower.strip_prefix("application/").map(str::to_string).unwrap_or(lower)
+    };
+    strip(typ) == strip(required)
+}
+
+fn malformed(e: jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            TokenError::AlgorithmNotAllowed("unsupported".into())
+        }
+        _ => TokenError::Malformed(e.to_string()),
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => TokenError::InvalidSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::InvalidAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::InvalidAudience,
+        ErrorKind::InvalidIssuer => TokenError::UnknownIssuer("(mismatch)".into()),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm => TokenError::AlgorithmNotAllowed("mismatch".into()),
+        ErrorKind::MissingRequiredClaim(c) => TokenError::InvalidClaims(format!("{c} is missing")),
+        ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaims(format!("{c} has the wrong type")),
+        ErrorKind::Json(e) => TokenError::InvalidClaims(e.to_string()),
+        other => TokenError::Malformed(format!("{other:?}")),
+    }
+}
+
+/// Algorithm names as written in configuration (`RS256`, `EdDSA`, …); `none` is not one.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    name.parse().ok()
+}

@@ -1,0 +1,228 @@
+//! An issuer entry (`issuers/<name>`): who may sign tokens, for which audiences, with which pinned
+//! algorithms and keys. Validated once when the entry is loaded, so verification never fails on
+//! configuration.
+
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::jwks::{self, KeyError, VerificationKey};
+
+const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// Why an issuer entry was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("{0}")]
+    Shape(String),
+    #[error("algorithms: {0}")]
+    Algorithms(String),
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// A validated issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    /// Exact `iss` value.
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: Vec<VerificationKey>,
+    pub require_typ: Option<String>,
+    pub leeway_seconds: u64,
+    /// Prebuilt validation (iss, aud, exp, nbf, leeway) handed to `jsonwebtoken`.
+    pub validation: Validation,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    jwks_file: Option<String>,
+    #[serde(default)]
+    hmac_secret_file: Option<String>,
+    #[serde(default)]
+    require_typ: Option<String>,
+    #[serde(default)]
+    leeway_seconds: Option<u64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+impl IssuerConfig {
+    /// Validates an issuer value and loads its keys; relative files resolve against `base_dir`.
+    pub fn from_json(name: &str, value: &Value, base_dir: Option<&Path>) -> Result<Self, IssuerError> {
+        if value.get("jwks_uri").is_some() {
+            return Err(IssuerError::Invalid(
+                "jwks_uri is not supported yet: give the keys as \"jwks\" or \"jwks_file\"",
+            ));
+        }
+        let raw = RawIssuer::deserialize(value).map_err(|e| IssuerError::Shape(e.to_string()))?;
+        if raw.issuer.is_empty() {
+            return Err(IssuerError::Invalid("issuer must not be empty"));
+        }
+        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+            return Err(IssuerError::Invalid(
+                "audiences must list at least one non-empty audience",
+            ));
+        }
+        let algorithms = parse_algorithms(&raw.algorithms)?;
+        let keys = load_keys(&raw, &algorithms, base_dir)?;
+        let leeway_seconds = raw.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
+        if leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(IssuerError::Invalid("leeway_seconds must be at most 300"));
+        }
+        let validation = build_validation(&raw, &algorithms, leeway_seconds);
+        Ok(IssuerConfig {
+            name: name.to_string(),
+            issuer: raw.issuer,
+            audiences: raw.audiences,
+            algorithms,
+            keys,
+            require_typ: raw.require_typ,
+            leeway_seconds,
+            validation,
+        })
+    }
+}
+
+fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, IssuerError> {
+    if names.is_empty() {
+        return Err(IssuerError::Algorithms("at least one algorithm must be pinned".into()));
+    }
+    let mut algorithms = Vec::new();
+    for name in names {
+        let alg = super::parse_algorithm(name).ok_or_else(|| {
+            IssuerError::Algorithms(format!(
+                "{name:?} is not supported (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA, HS256/384/512)"
+            ))
+        })?;
+        algorithms.push(alg);
+    }
+    let hmac = algorithms.iter().filter(|a| is_hmac(**a)).count();
+    if hmac != 0 && hmac != algorithms.len() {
+        return Err(IssuerError::Algorithms(
+            "do not mix HMAC (HS*) and public-key algorithms in one issuer (RFC 8725 §3.1)".into(),
+        ));
+    }
+    Ok(algorithms)
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+fn resolve(base_dir: Option<&Path>, file: &str) -> PathBuf {
+    match base_dir {
+        Some(dir) if Path::new(file).is_relative() => dir.join(file),
+        _ => PathBuf::from(file),
+    }
+}
+
+fn load_keys(
+    raw: &RawIssuer,
+    algorithms: &[Algorithm],
+    base_dir: Option<&Path>,
+) -> Result<Vec<VerificationKey>, IssuerError> {
+    let uses_hmac = algorithms.iter().any(|a| is_hmac(*a));
+    match (&raw.jwks, &raw.jwks_file, &raw.hmac_secret_file) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) | (Some(_), Some(_), _) => Err(
+            IssuerError::Invalid("give exactly one of jwks, jwks_file or hmac_secret_file"),
+        ),
+        (_, _, Some(_)) | (None, None, None) if !uses_hmac => Err(IssuerError::Invalid(
+            "public-key algorithms need keys in jwks or jwks_file",
+        )),
+        (Some(_), _, _) | (_, Some(_), _) if uses_hmac => Err(IssuerError::Invalid(
+            "HS* algorithms need hmac_secret_file (shared secrets are never read from a JWKS)",
+        )),
+        (None, None, None) => Err(IssuerError::Invalid("HS* algorithms need hmac_secret_file")),
+        (Some(jwks), None, None) => Ok(jwks::keys_from_jwks(jwks, algorithms)?),
+        (None, Some(file), None) => {
+            let jwks = jwks::read_jwks_file(&resolve(base_dir, file))?;
+            Ok(jwks::keys_from_jwks(&jwks, algorithms)?)
+        }
+        (None, None, Some(file)) => Ok(vec![jwks::key_from_secret_file(
+            &resolve(base_dir, file),
+            algorithms,
+        )?]),
+    }
+}
+
+fn build_validation(raw: &RawIssuer, algorithms: &[Algorithm], leeway: u64) -> Validation {
+    let mut v = Validation::new(algorithms[0]);
+    v.algorithms = algorithms.to_vec();
+    v.set_issuer(&[&raw.issuer]);
+    v.set_audience(&raw.audiences);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.leeway = leeway;
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keys_dir() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys"))
+    }
+
+    #[test]
+    fn loads_a_jwks_file_relative_to_the_rules_file() {
+        let cfg = IssuerConfig::from_json(
+            "demo",
+            &json!({"issuer":"https://idp/","audiences":["api"],"algorithms":["RS256","ES256"],
+                    "jwks_file":"demo-jwks.json","require_typ":"at+jwt"}),
+            Some(&keys_dir()),
+        )
+        .unwrap();
+        assert_eq!(cfg.keys.len(), 2);
+        assert_eq!(cfg.leeway_seconds, 30);
+    }
+
+    #[test]
+    fn rejects_bad_issuers() {
+        let dir = keys_dir();
+        let cases = [
+            json!({"issuer":"i","audiences":["a"],"algorithms":["none"],"jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":[],"jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"i","audiences":[],"algorithms":["RS256"],"jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256","HS256"],"jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["HS256"],"jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"]}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"missing.json"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_uri":"https://x"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","leeway_seconds":9999}),
+        ];
+        for case in cases {
+            assert!(IssuerConfig::from_json("x", &case, Some(&dir)).is_err(), "{case}");
+        }
+    }
+
+    #[test]
+    fn hmac_issuer_from_a_secret_file() {
+        let cfg = IssuerConfig::from_json(
+            "hs",
+            &json!({"issuer":"i","audiences":["a"],"algorithms":["HS256"],"hmac_secret_file":"demo-hs256.secret"}),
+            Some(&keys_dir()),
+        )
+        .unwrap();
+        assert_eq!(cfg.keys[0].algorithms, vec![Algorithm::HS256]);
+    }
+}
