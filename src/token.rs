@@ -197,9 +197,9 @@ fn verify_with_issuer(
     token: &str,
 ) -> Result<Claims, TokenError> {
     let alg = header.alg;
-    if !issuer.algorithms.contains(&alg) {
+    let Some(validation) = issuer.validation(alg) else {
         return Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}")));
-    }
+    };
     if let Some(required) = &issuer.require_typ {
         if !typ_matches(header.typ.as_deref(), required) {
             return Err(TokenError::InvalidType(header.typ.clone()));
@@ -218,7 +218,7 @@ fn verify_with_issuer(
     }
     let mut last = TokenError::InvalidSignature;
     for key in keys {
-        match jsonwebtoken::decode::<RawClaims>(token, &key.key, &issuer.validation) {
+        match jsonwebtoken::decode::<RawClaims>(token, &key.key, validation) {
             Ok(data) => return Ok(data.claims.into()),
             Err(e) => {
                 last = map_error(e.kind());

@@ -37,8 +37,9 @@ pub struct IssuerConfig {
     pub keys: Vec<VerificationKey>,
     pub require_typ: Option<String>,
     pub leeway_seconds: u64,
-    /// Prebuilt validation (iss, aud, exp, nbf, leeway) handed to `jsonwebtoken`.
-    pub validation: Validation,
+    /// Prebuilt validation (iss, aud, exp, nbf, leeway) for each pinned algorithm (one
+    /// algorithm each: `jsonwebtoken` refuses a list that mixes key families).
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 #[derive(Deserialize)]
@@ -85,7 +86,10 @@ impl IssuerConfig {
         if leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(IssuerError::Invalid("leeway_seconds must be at most 300"));
         }
-        let validation = build_validation(&raw, &algorithms, leeway_seconds);
+        let validations = algorithms
+            .iter()
+            .map(|alg| (*alg, build_validation(&raw, *alg, leeway_seconds)))
+            .collect();
         Ok(IssuerConfig {
             name: name.to_string(),
             issuer: raw.issuer,
@@ -94,8 +98,13 @@ impl IssuerConfig {
             keys,
             require_typ: raw.require_typ,
             leeway_seconds,
-            validation,
+            validations,
         })
+    }
+
+    /// The validation for one pinned algorithm.
+    pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
     }
 }
 
@@ -161,9 +170,8 @@ fn load_keys(
     }
 }
 
-fn build_validation(raw: &RawIssuer, algorithms: &[Algorithm], leeway: u64) -> Validation {
-    let mut v = Validation::new(algorithms[0]);
-    v.algorithms = algorithms.to_vec();
+fn build_validation(raw: &RawIssuer, alg: Algorithm, leeway: u64) -> Validation {
+    let mut v = Validation::new(alg);
     v.set_issuer(&[&raw.issuer]);
     v.set_audience(&raw.audiences);
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
