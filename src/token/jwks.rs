@@ -184,12 +184,21 @@ mod tests {
         ];
         let keys = keys_from_jwks(&demo_jwks(), &all).unwrap();
         let by_kid = |kid: &str| keys.iter().find(|k| k.kid.as_deref() == Some(kid)).unwrap();
-        // The demo RSA key declares alg RS256, so PS256 is not allowed for it.
-        assert_eq!(by_kid("demo-rsa-1").algorithms, vec![Algorithm::RS256]);
+        // The demo RSA key declares no alg: every pinned RSA algorithm may use it.
+        assert_eq!(by_kid("demo-rsa-1").algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
+        // The EC keys declare their alg; a declared alg narrows what a key may be used for.
         assert_eq!(by_kid("demo-ec-p256-1").algorithms, vec![Algorithm::ES256]);
         assert_eq!(by_kid("demo-ec-p384-1").algorithms, vec![Algorithm::ES384]);
         assert_eq!(by_kid("demo-ed25519-1").algorithms, vec![Algorithm::EdDSA]);
         assert!(keys.iter().all(|k| !k.allows(Algorithm::HS256)));
+    }
+
+    #[test]
+    fn a_declared_alg_narrows_the_key() {
+        let mut jwks = demo_jwks();
+        jwks["keys"][0]["alg"] = json!("RS256");
+        let keys = keys_from_jwks(&jwks, &[Algorithm::RS256, Algorithm::PS256]).unwrap();
+        assert_eq!(keys[0].algorithms, vec![Algorithm::RS256]);
     }
 
     #[test]

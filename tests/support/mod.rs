@@ -1,0 +1,38 @@
+//! Test harnesses shared by the integration tests: token minting with the demo keys, an
+//! in-process scopegate on port 0 with a gRPC client, and a real etcd on free loopback ports.
+#![allow(dead_code)]
+
+pub mod envoy;
+pub mod etcd;
+pub mod server;
+pub mod tokens;
+
+use std::time::{Duration, Instant};
+
+/// Polls `condition` until it holds or `timeout` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A free loopback TCP port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}

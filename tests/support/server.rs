@@ -1,0 +1,144 @@
+//! An in-process scopegate on port 0 (real gRPC over loopback), with a client that sends
+//! CheckRequests the way Envoy does and reads the answer back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use scopegate::app::{self, RunningApp};
+use scopegate::cli::{Cli, Command, ServeArgs};
+use tonic::transport::Channel;
+
+/// The HTTP-level answer Envoy would act on.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub grpc_code: i32,
+    /// Denied: response headers. Allowed: headers set on the upstream request.
+    pub headers: HashMap<String, String>,
+    /// Allowed: headers removed from the upstream request.
+    pub removed: Vec<String>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn from_response(response: CheckResponse) -> Answer {
+        let grpc_code = response.status.as_ref().map_or(-1, |s| s.code);
+        let mut answer = Answer { status: 0, grpc_code, headers: HashMap::new(), removed: vec![], body: String::new() };
+        match response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => {
+                answer.status = 200;
+                for h in ok.headers.into_iter().filter_map(|h| h.header) {
+                    answer.headers.insert(h.key, h.value);
+                }
+                answer.removed = ok.headers_to_remove;
+            }
+            Some(HttpResponse::DeniedResponse(denied)) => {
+                answer.status = denied.status.map_or(0, |s| s.code as u16);
+                for h in denied.headers.into_iter().filter_map(|h| h.header) {
+                    answer.headers.insert(h.key, h.value);
+                }
+                answer.body = denied.body;
+            }
+            _ => {}
+        }
+        answer
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The `reason` code from a denial body.
+    pub fn reason(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        v["reason"].as_str().map(str::to_string)
+    }
+}
+
+/// Builds a CheckRequest as Envoy would send it.
+pub fn check_request(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    host: host.into(),
+                    path: path.into(),
+                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Parses `serve` flags as the binary would.
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["scopegate", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    argv.extend_from_slice(extra);
+    match Cli::parse_from(argv).command {
+        Command::Serve(args) => *args,
+        _ => unreachable!(),
+    }
+}
+
+/// A running in-process scopegate and a connected client.
+pub struct TestServer {
+    pub app: RunningApp,
+    pub client: AuthorizationClient<Channel>,
+    pub dir: tempfile::TempDir,
+    pub rules_path: PathBuf,
+}
+
+impl TestServer {
+    /// Writes `rules_yaml` to a temp file and serves it.
+    pub async fn with_rules(rules_yaml: &str, extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let rules_path = dir.path().join("rules.yaml");
+        std::fs::write(&rules_path, rules_yaml).unwrap();
+        let path = rules_path.to_str().unwrap().to_string();
+        let mut flags = vec!["--rules", path.as_str(), "--rules-poll-interval", "200ms"];
+        flags.extend_from_slice(extra);
+        let app = app::start(&serve_args(&flags)).await.expect("scopegate starts");
+        let client = connect(app.grpc_addr).await;
+        TestServer { app, client, dir, rules_path }
+    }
+
+    pub async fn check(&mut self, method: &str, host: &str, path: &str, token: Option<&str>) -> Answer {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![];
+        if let Some(a) = auth.as_deref() {
+            headers.push(("authorization", a));
+        }
+        self.check_with(check_request(method, host, path, &headers)).await
+    }
+
+    pub async fn check_with(&mut self, request: CheckRequest) -> Answer {
+        Answer::from_response(self.client.check(request).await.expect("Check succeeds").into_inner())
+    }
+
+    pub async fn admin_get(&self, path: &str) -> String {
+        http_get(self.app.admin_addr, path).await
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationClient<Channel> {
+    AuthorizationClient::connect(format!("http://{addr}")).await.expect("gRPC connect")
+}
+
+/// A minimal HTTP/1.0 GET (admin endpoints), returning the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
