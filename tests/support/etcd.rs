@@ -42,6 +42,19 @@ impl EtcdServer {
         Self::start_with(None).await
     }
 
+    /// Starts on a given client port (e.g. one a scopegate is already trying to reach).
+    pub async fn start_on(client_port: u16) -> EtcdServer {
+        let mut server = EtcdServer {
+            client_port,
+            peer_port: free_port(),
+            data_dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: None,
+        };
+        server.spawn().await;
+        server
+    }
+
     pub async fn start_with(tls: Option<EtcdTls>) -> EtcdServer {
         let mut server = EtcdServer {
             client_port: free_port(),

@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod etcd;
+pub mod proxy;
 pub mod server;
 pub mod tokens;
 
