@@ -49,7 +49,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         state.metrics.snapshot_age_seconds.set(age.as_secs_f64());
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -72,5 +75,8 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         "snapshot_age_seconds": state.store.age().map(|a| a.as_secs_f64()),
         "last_error": state.store.last_error(),
     });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }

@@ -120,10 +120,12 @@ pub async fn start(args: &ServeArgs) -> Result<RunningApp, AppError> {
     );
 
     let admin_listener = bind(args.admin_listen).await?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| AppError::Bind {
-        addr: args.admin_listen,
-        source,
-    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| AppError::Bind {
+            addr: args.admin_listen,
+            source,
+        })?;
     let admin_state = AdminState {
         store: store.clone(),
         metrics: metrics.clone(),

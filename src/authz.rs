@@ -59,7 +59,9 @@ impl Challenge {
     /// The `WWW-Authenticate` value for this challenge, if any.
     pub fn header_value(&self, realm: &str) -> Option<String> {
         let with = |error: &str, description: &str| {
-            format!("Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\"")
+            format!(
+                "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\""
+            )
         };
         match self {
             Challenge::None => None,
@@ -159,7 +161,10 @@ pub fn decide(
     credential: impl FnOnce() -> Credential,
 ) -> Decision {
     let segments = request.segments();
-    match snapshot.routes.find(&request.host, &request.method, &segments) {
+    match snapshot
+        .routes
+        .find(&request.host, &request.method, &segments)
+    {
         Some(route) => decide_for_route(snapshot, route, credential),
         None => no_rule(),
     }
@@ -176,7 +181,7 @@ pub fn decide_with_rule(
     let route = snapshot.rules.routes.get(rule_id).filter(|r| {
         r.methods
             .as_ref()
-            .is_none_or(|m| m.iter().any(|x| *x == request.method))
+            .is_none_or(|m| m.contains(&request.method))
     });
     match route {
         Some(route) => decide_for_route(snapshot, route, credential),

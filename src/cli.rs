@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::telemetry::{DecisionLogMode, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "scopegate", version, about = "Envoy ext_authz server for OAuth 2.0 JWT scopes")]
+#[command(
+    name = "scopegate",
+    version,
+    about = "Envoy ext_authz server for OAuth 2.0 JWT scopes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,7 +45,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Rules file (YAML or JSON), watched and hot-reloaded. The embedded default source.
-    #[arg(long, env = "SCOPEGATE_RULES", required_unless_present = "etcd_endpoints")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_RULES",
+        required_unless_present = "etcd_endpoints"
+    )]
     pub rules: Option<PathBuf>,
 
     /// gRPC listen address (ext_authz and grpc.health.v1).
@@ -74,7 +82,12 @@ pub struct ServeArgs {
     pub max_staleness: Option<Duration>,
 
     /// Which decisions go to the decision log.
-    #[arg(long, env = "SCOPEGATE_DECISION_LOG", value_enum, default_value = "all")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_DECISION_LOG",
+        value_enum,
+        default_value = "all"
+    )]
     pub decision_log: DecisionLogMode,
 
     /// Log format.
@@ -82,15 +95,27 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Upstream header carrying the token's subject.
-    #[arg(long, env = "SCOPEGATE_SUBJECT_HEADER", default_value = "x-scopegate-subject")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_SUBJECT_HEADER",
+        default_value = "x-scopegate-subject"
+    )]
     pub subject_header: String,
 
     /// Upstream header carrying the token's client id.
-    #[arg(long, env = "SCOPEGATE_CLIENT_ID_HEADER", default_value = "x-scopegate-client-id")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_CLIENT_ID_HEADER",
+        default_value = "x-scopegate-client-id"
+    )]
     pub client_id_header: String,
 
     /// Upstream header carrying the token's scopes (space-separated).
-    #[arg(long, env = "SCOPEGATE_SCOPES_HEADER", default_value = "x-scopegate-scopes")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_SCOPES_HEADER",
+        default_value = "x-scopegate-scopes"
+    )]
     pub scopes_header: String,
 
     /// Fallback re-read interval of the rules file (changes are normally seen at once).
@@ -109,7 +134,12 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args, Default)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379). Selects the etcd source.
-    #[arg(long = "etcd-endpoints", env = "SCOPEGATE_ETCD_ENDPOINTS", value_delimiter = ',', conflicts_with = "rules")]
+    #[arg(
+        long = "etcd-endpoints",
+        env = "SCOPEGATE_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        conflicts_with = "rules"
+    )]
     pub etcd_endpoints: Vec<String>,
 
     /// Key prefix holding the rules.

@@ -14,7 +14,7 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use tonic::{Code, Request, Response, Status};
 
-use crate::authz::{Decision, DenyStatus, Denial, Verdict};
+use crate::authz::{Decision, Denial, DenyStatus, Verdict};
 use crate::check::{CheckInput, CheckOutcome, Checker};
 
 /// Names of the headers scopegate sets on allowed requests for the upstream.
@@ -76,7 +76,10 @@ impl AuthorizationService {
 
 #[tonic::async_trait]
 impl Authorization for AuthorizationService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(self.check_request(request.get_ref())))
     }
 }
@@ -123,8 +126,14 @@ fn allow_response(decision: &Decision, settings: &ResponseSettings) -> CheckResp
     let claims = decision.claims.as_deref();
     let scopes = claims.map(|c| c.scopes.join(" "));
     let identity = [
-        (&settings.subject_header, claims.and_then(|c| c.sub.as_deref())),
-        (&settings.client_id_header, claims.and_then(|c| c.client_id.as_deref())),
+        (
+            &settings.subject_header,
+            claims.and_then(|c| c.sub.as_deref()),
+        ),
+        (
+            &settings.client_id_header,
+            claims.and_then(|c| c.client_id.as_deref()),
+        ),
         (&settings.scopes_header, scopes.as_deref()),
     ];
     for (name, value) in identity {
@@ -186,7 +195,9 @@ fn error_code(denial: &Denial) -> &'static str {
         Challenge::InvalidToken(_) => "invalid_token",
         Challenge::InsufficientScope(_) => "insufficient_scope",
         Challenge::Bearer => "unauthorized",
-        Challenge::None if denial.status == DenyStatus::ServiceUnavailable => "temporarily_unavailable",
+        Challenge::None if denial.status == DenyStatus::ServiceUnavailable => {
+            "temporarily_unavailable"
+        }
         Challenge::None => "access_denied",
     }
 }

@@ -36,7 +36,9 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 rules.routes.len(),
                 rules.scopes.len(),
                 rules.issuers.len(),
-                rules.revoked_jti.len() + rules.revoked_subjects.len() + rules.revoked_clients.len()
+                rules.revoked_jti.len()
+                    + rules.revoked_subjects.len()
+                    + rules.revoked_clients.len()
             );
             ExitCode::SUCCESS
         }

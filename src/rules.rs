@@ -232,7 +232,9 @@ pub fn validate_scope_token(scope: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{scope:?} is not a valid scope token (RFC 6749 §3.3)"))
+        Err(format!(
+            "{scope:?} is not a valid scope token (RFC 6749 §3.3)"
+        ))
     }
 }
 

@@ -86,8 +86,7 @@ impl Snapshot {
 
 fn same_issuers(a: &RuleSet, b: &RuleSet) -> bool {
     a.issuers.len() == b.issuers.len()
-        && a
-            .issuers
+        && a.issuers
             .iter()
             .zip(&b.issuers)
             .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
@@ -166,7 +165,10 @@ impl SnapshotStore {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many snapshots have been published.

@@ -104,7 +104,11 @@ impl Metrics {
             check_duration.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("scopegate_decisions", "Decisions by outcome and reason code", decisions.clone());
+        registry.register(
+            "scopegate_decisions",
+            "Decisions by outcome and reason code",
+            decisions.clone(),
+        );
         let dry_run = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "scopegate_dry_run_would_deny",
@@ -116,13 +120,20 @@ impl Metrics {
             .map(|r| {
                 let decision = if is_allow_reason(*r) { "allow" } else { "deny" };
                 decisions
-                    .get_or_create(&DecisionLabels { decision, reason: r.as_str() })
+                    .get_or_create(&DecisionLabels {
+                        decision,
+                        reason: r.as_str(),
+                    })
                     .clone()
             })
             .collect();
         let dry_run_by_reason = Reason::ALL
             .iter()
-            .map(|r| dry_run.get_or_create(&ReasonLabel { reason: r.as_str() }).clone())
+            .map(|r| {
+                dry_run
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
+                    .clone()
+            })
             .collect();
         let scope_mismatch = Counter::default();
         registry.register(
@@ -131,9 +142,17 @@ impl Metrics {
             scope_mismatch.clone(),
         );
         let cache_hits = Counter::default();
-        registry.register("scopegate_cache_hits", "Verified-claims cache hits", cache_hits.clone());
+        registry.register(
+            "scopegate_cache_hits",
+            "Verified-claims cache hits",
+            cache_hits.clone(),
+        );
         let cache_misses = Counter::default();
-        registry.register("scopegate_cache_misses", "Verified-claims cache misses", cache_misses.clone());
+        registry.register(
+            "scopegate_cache_misses",
+            "Verified-claims cache misses",
+            cache_misses.clone(),
+        );
         let snapshot_revision = Gauge::default();
         registry.register(
             "scopegate_snapshot_revision",
@@ -159,7 +178,11 @@ impl Metrics {
             watch_restarts.clone(),
         );
         let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register("scopegate_reloads", "Snapshot rebuilds by result", reloads.clone());
+        registry.register(
+            "scopegate_reloads",
+            "Snapshot rebuilds by result",
+            reloads.clone(),
+        );
         Arc::new(Metrics {
             registry,
             check_duration,
@@ -233,7 +256,14 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
         DecisionLogMode::Off => false,
         DecisionLogMode::All => true,
         DecisionLogMode::Deny => {
-            !decision.is_allow() || matches!(decision.verdict, Verdict::Allow { would_deny: Some(_), .. })
+            !decision.is_allow()
+                || matches!(
+                    decision.verdict,
+                    Verdict::Allow {
+                        would_deny: Some(_),
+                        ..
+                    }
+                )
         }
     };
     if !wanted {

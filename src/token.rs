@@ -130,7 +130,11 @@ impl From<RawClaims> for Claims {
                 scopes.push(s.to_string());
             }
         };
-        raw.scope.as_deref().into_iter().flat_map(|s| s.split(' ')).for_each(&mut push);
+        raw.scope
+            .as_deref()
+            .into_iter()
+            .flat_map(|s| s.split(' '))
+            .for_each(&mut push);
         match &raw.scp {
             Some(OneOrMany::One(s)) => s.split(' ').for_each(&mut push),
             Some(OneOrMany::Many(list)) => list.iter().for_each(|s| push(s)),
@@ -179,7 +183,8 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(TokenError::Malformed("crit header is not supported".into()));
         }
-        let peek: IssuerPeek = jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(malformed)?;
+        let peek: IssuerPeek =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(malformed)?;
         let iss = peek
             .iss
             .ok_or_else(|| TokenError::InvalidClaims("iss is missing".into()))?;
@@ -236,7 +241,10 @@ fn typ_matches(typ: Option<&str>, required: &str) -> bool {
     let Some(typ) = typ else { return false };
     let strip = |s: &str| {
         let lower = s.to_ascii_lowercase();
-        lower.strip_prefix("application/").map(str::to_string).unwrap_or(lower)
+        lower
+            .strip_prefix("application/")
+            .map(str::to_string)
+            .unwrap_or(lower)
     };
     strip(typ) == strip(required)
 }
@@ -267,7 +275,9 @@ fn map_error(kind: &ErrorKind) -> TokenError {
         | ErrorKind::UnsupportedAlgorithm
         | ErrorKind::MissingAlgorithm => TokenError::AlgorithmNotAllowed("mismatch".into()),
         ErrorKind::MissingRequiredClaim(c) => TokenError::InvalidClaims(format!("{c} is missing")),
-        ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaims(format!("{c} has the wrong type")),
+        ErrorKind::InvalidClaimFormat(c) => {
+            TokenError::InvalidClaims(format!("{c} has the wrong type"))
+        }
         ErrorKind::Json(e) => TokenError::InvalidClaims(e.to_string()),
         other => TokenError::Malformed(format!("{other:?}")),
     }

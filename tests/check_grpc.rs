@@ -50,14 +50,28 @@ async fn allowed_request_gets_identity_headers_that_overwrite_client_copies() {
     );
     let raw = s.client.check(request).await.unwrap().into_inner();
     assert_eq!(raw.status.as_ref().unwrap().code, 0);
-    let Some(HttpResponse::OkResponse(ok)) = raw.http_response else { panic!("not OK") };
-    let subject = ok.headers.iter().find(|h| h.header.as_ref().unwrap().key == "x-scopegate-subject").unwrap();
+    let Some(HttpResponse::OkResponse(ok)) = raw.http_response else {
+        panic!("not OK")
+    };
+    let subject = ok
+        .headers
+        .iter()
+        .find(|h| h.header.as_ref().unwrap().key == "x-scopegate-subject")
+        .unwrap();
     assert_eq!(subject.header.as_ref().unwrap().value, "alice");
-    assert_eq!(subject.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
-    let answer = s.check("GET", "api.example.com", "/orders/42", Some(&t)).await;
+    assert_eq!(
+        subject.append_action,
+        HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+    );
+    let answer = s
+        .check("GET", "api.example.com", "/orders/42", Some(&t))
+        .await;
     assert_eq!(answer.header("x-scopegate-client-id"), Some("test-client"));
     assert_eq!(answer.header("x-scopegate-scopes"), Some("orders:read"));
-    assert!(answer.headers.values().all(|v| !v.contains(&t)), "the token never goes into a header");
+    assert!(
+        answer.headers.values().all(|v| !v.contains(&t)),
+        "the token never goes into a header"
+    );
 }
 
 #[tokio::test]
@@ -65,8 +79,16 @@ async fn public_route_strips_identity_headers() {
     let mut s = server().await;
     let a = s.check("GET", "anything.example", "/healthz", None).await;
     assert_eq!(a.status, 200);
-    for h in ["x-scopegate-subject", "x-scopegate-client-id", "x-scopegate-scopes"] {
-        assert!(a.removed.iter().any(|r| r == h), "{h} removed: {:?}", a.removed);
+    for h in [
+        "x-scopegate-subject",
+        "x-scopegate-client-id",
+        "x-scopegate-scopes",
+    ] {
+        assert!(
+            a.removed.iter().any(|r| r == h),
+            "{h} removed: {:?}",
+            a.removed
+        );
     }
 }
 
@@ -76,9 +98,17 @@ async fn no_credential_is_401_with_a_bare_challenge() {
     let a = s.check("GET", "api.example.com", "/orders/1", None).await;
     assert_eq!(a.status, 401);
     assert_eq!(a.grpc_code, 16);
-    assert_eq!(a.header("www-authenticate"), Some(r#"Bearer realm="scopegate""#));
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some(r#"Bearer realm="scopegate""#)
+    );
     // A Basic credential is not a bearer credential either.
-    let req = check_request("GET", "api.example.com", "/orders/1", &[("authorization", "Basic dXNlcjpwYXNz")]);
+    let req = check_request(
+        "GET",
+        "api.example.com",
+        "/orders/1",
+        &[("authorization", "Basic dXNlcjpwYXNz")],
+    );
     assert_eq!(s.check_with(req).await.status, 401);
 }
 
@@ -90,16 +120,27 @@ async fn bad_tokens_are_401_invalid_token() {
     let mut wrong_aud = claims("alice", "orders:read");
     wrong_aud["aud"] = serde_json::json!("billing-api");
     let cases = [
-        (sign(jsonwebtoken::Algorithm::RS256, &expired), "token_expired"),
-        (sign(jsonwebtoken::Algorithm::RS256, &wrong_aud), "invalid_audience"),
+        (
+            sign(jsonwebtoken::Algorithm::RS256, &expired),
+            "token_expired",
+        ),
+        (
+            sign(jsonwebtoken::Algorithm::RS256, &wrong_aud),
+            "invalid_audience",
+        ),
         ("abc.def.ghi".to_string(), "malformed_token"),
     ];
     for (t, reason) in cases {
-        let a = s.check("GET", "api.example.com", "/orders/1", Some(&t)).await;
+        let a = s
+            .check("GET", "api.example.com", "/orders/1", Some(&t))
+            .await;
         assert_eq!(a.status, 401, "{reason}");
         assert_eq!(a.reason().as_deref(), Some(reason));
         let challenge = a.header("www-authenticate").unwrap();
-        assert!(challenge.starts_with(r#"Bearer realm="scopegate", error="invalid_token""#), "{challenge}");
+        assert!(
+            challenge.starts_with(r#"Bearer realm="scopegate", error="invalid_token""#),
+            "{challenge}"
+        );
     }
 }
 
@@ -107,51 +148,121 @@ async fn bad_tokens_are_401_invalid_token() {
 async fn oversize_token_is_refused_before_parsing() {
     let mut s = server().await;
     let huge = "a".repeat(9000);
-    let a = s.check("GET", "api.example.com", "/orders/1", Some(&huge)).await;
-    assert_eq!((a.status, a.reason().as_deref()), (401, Some("token_too_large")));
+    let a = s
+        .check("GET", "api.example.com", "/orders/1", Some(&huge))
+        .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (401, Some("token_too_large"))
+    );
 }
 
 #[tokio::test]
 async fn missing_scope_is_403_with_the_required_scope() {
     let mut s = server().await;
-    let a = s.check("POST", "api.example.com", "/orders/1", Some(&token("alice", "orders:read"))).await;
+    let a = s
+        .check(
+            "POST",
+            "api.example.com",
+            "/orders/1",
+            Some(&token("alice", "orders:read")),
+        )
+        .await;
     assert_eq!(a.status, 403);
     assert_eq!(a.grpc_code, 7);
     assert_eq!(
         a.header("www-authenticate"),
-        Some(r#"Bearer realm="scopegate", error="insufficient_scope", error_description="The access token lacks a required scope", scope="orders:write""#)
+        Some(
+            r#"Bearer realm="scopegate", error="insufficient_scope", error_description="The access token lacks a required scope", scope="orders:write""#
+        )
     );
     // implies: write grants read; aliases: read:orders is orders:read.
-    assert_eq!(s.check("GET", "api.example.com", "/orders/1", Some(&token("a", "orders:write"))).await.status, 200);
-    assert_eq!(s.check("GET", "api.example.com", "/orders/1", Some(&token("a", "read:orders"))).await.status, 200);
+    assert_eq!(
+        s.check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&token("a", "orders:write"))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        s.check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&token("a", "read:orders"))
+        )
+        .await
+        .status,
+        200
+    );
     // Never a substring or prefix match.
-    assert_eq!(s.check("GET", "api.example.com", "/orders/1", Some(&token("a", "orders:rea orders"))).await.status, 403);
+    assert_eq!(
+        s.check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&token("a", "orders:rea orders"))
+        )
+        .await
+        .status,
+        403
+    );
 }
 
 #[tokio::test]
 async fn hostile_paths_are_400_and_unrouted_requests_403() {
     let mut s = server().await;
     let t = token("alice", "orders:read");
-    for path in ["/healthz/%2e%2e/orders/1", "/healthz%2f..%2forders/1", "/healthz/..;/orders/1", "/orders/1%00"] {
+    for path in [
+        "/healthz/%2e%2e/orders/1",
+        "/healthz%2f..%2forders/1",
+        "/healthz/..;/orders/1",
+        "/orders/1%00",
+    ] {
         let a = s.check("GET", "api.example.com", path, Some(&t)).await;
         assert_eq!(a.status, 400, "{path}");
-        assert!(a.header("www-authenticate").unwrap().contains(r#"error="invalid_request""#));
+        assert!(a
+            .header("www-authenticate")
+            .unwrap()
+            .contains(r#"error="invalid_request""#));
     }
-    let a = s.check("GET", "api.example.com", "/nothing/here", Some(&t)).await;
+    let a = s
+        .check("GET", "api.example.com", "/nothing/here", Some(&t))
+        .await;
     assert_eq!((a.status, a.reason().as_deref()), (403, Some("no_rule")));
     assert_eq!(a.header("www-authenticate"), None);
     // Raw dot segments resolve to the path the upstream will serve.
-    let a = s.check("GET", "api.example.com", "/healthz/../orders/1", None).await;
+    let a = s
+        .check("GET", "api.example.com", "/healthz/../orders/1", None)
+        .await;
     assert_eq!(a.status, 401, "resolved to /orders/1, which needs a token");
     // A token in the query string is not a credential.
-    let a = s.check("GET", "api.example.com", &format!("/orders/1?access_token={t}"), None).await;
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            &format!("/orders/1?access_token={t}"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, 401);
 }
 
 #[tokio::test]
 async fn dry_run_allows_and_counts_the_would_be_denial() {
     let mut s = server().await;
-    let a = s.check("GET", "api.example.com", "/reports/q3", Some(&token("alice", "orders:read"))).await;
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            "/reports/q3",
+            Some(&token("alice", "orders:read")),
+        )
+        .await;
     assert_eq!(a.status, 200);
     let metrics = s.admin_get("/metrics").await;
     assert!(
@@ -168,66 +279,141 @@ async fn revocations_by_jti_subject_and_client() {
     by_jti["jti"] = serde_json::json!("revoked-jti");
     let mut by_client = claims("bob", "orders:read");
     by_client["client_id"] = serde_json::json!("old-client");
-    for (c, who) in [(by_jti, "jti"), (claims("fired", "orders:read"), "sub"), (by_client, "client")] {
-        let a = s.check("GET", "api.example.com", "/orders/1", Some(&sign(jsonwebtoken::Algorithm::RS256, &c))).await;
-        assert_eq!((a.status, a.reason().as_deref()), (401, Some("token_revoked")), "{who}");
+    for (c, who) in [
+        (by_jti, "jti"),
+        (claims("fired", "orders:read"), "sub"),
+        (by_client, "client"),
+    ] {
+        let a = s
+            .check(
+                "GET",
+                "api.example.com",
+                "/orders/1",
+                Some(&sign(jsonwebtoken::Algorithm::RS256, &c)),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.reason().as_deref()),
+            (401, Some("token_revoked")),
+            "{who}"
+        );
     }
 }
 
 #[tokio::test]
 async fn context_extension_pins_the_rule() {
-    let mut s = TestServer::with_rules(&rules("  pinned: {host: nowhere.invalid, path: /never, require: {all: [special]}}"), &[]).await;
+    let mut s = TestServer::with_rules(
+        &rules("  pinned: {host: nowhere.invalid, path: /never, require: {all: [special]}}"),
+        &[],
+    )
+    .await;
     let t = token("alice", "special");
     let auth = format!("Bearer {t}");
-    let mut req = check_request("GET", "api.example.com", "/anything", &[("authorization", &auth)]);
+    let mut req = check_request(
+        "GET",
+        "api.example.com",
+        "/anything",
+        &[("authorization", &auth)],
+    );
     let attrs = req.attributes.as_mut().unwrap();
-    attrs.context_extensions.insert("scopegate.rule".into(), "pinned".into());
+    attrs
+        .context_extensions
+        .insert("scopegate.rule".into(), "pinned".into());
     assert_eq!(s.check_with(req.clone()).await.status, 200);
-    req.attributes.as_mut().unwrap().context_extensions.insert("scopegate.rule".into(), "missing".into());
+    req.attributes
+        .as_mut()
+        .unwrap()
+        .context_extensions
+        .insert("scopegate.rule".into(), "missing".into());
     assert_eq!(s.check_with(req).await.reason().as_deref(), Some("no_rule"));
 }
 
 #[tokio::test]
 async fn grpc_health_reports_serving_and_shutdown_drains() {
     let s = server().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.app.grpc_addr)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     wait_until("health SERVING", Duration::from_secs(10), || {
         let mut health = health.clone();
         async move {
-            let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-            r.is_ok_and(|r| r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            r.is_ok_and(|r| {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
         }
     })
     .await;
     let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "envoy.service.auth.v3.Authorization".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
         .await
         .unwrap();
     assert_eq!(r.into_inner().status, 1);
     assert!(s.admin_get("/readyz").await.contains("ready"));
     let addr = s.app.grpc_addr;
-    tokio::time::timeout(Duration::from_secs(10), s.app.shutdown(Duration::from_secs(5))).await.unwrap().unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed after shutdown");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        s.app.shutdown(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed after shutdown"
+    );
 }
 
 #[tokio::test]
 async fn hot_reload_flips_decisions_and_rejects_broken_files() {
     let mut s = server().await;
     let t = token("alice", "orders:read");
-    assert_eq!(s.check("GET", "api.example.com", "/new", Some(&t)).await.status, 403);
+    assert_eq!(
+        s.check("GET", "api.example.com", "/new", Some(&t))
+            .await
+            .status,
+        403
+    );
 
-    let with_new = rules("  new: {host: api.example.com, path: /new, require: {all: [orders:read]}}");
+    let with_new =
+        rules("  new: {host: api.example.com, path: /new, require: {all: [orders:read]}}");
     std::fs::write(&s.rules_path, &with_new).unwrap();
     let probe = s.client.clone();
-    wait_until("reload applies the new route", Duration::from_secs(10), || {
-        let mut probe = probe.clone();
-        let auth = format!("Bearer {t}");
-        async move {
-            let req = check_request("GET", "api.example.com", "/new", &[("authorization", &auth)]);
-            probe.check(req).await.unwrap().into_inner().status.unwrap().code == 0
-        }
-    })
+    wait_until(
+        "reload applies the new route",
+        Duration::from_secs(10),
+        || {
+            let mut probe = probe.clone();
+            let auth = format!("Bearer {t}");
+            async move {
+                let req = check_request(
+                    "GET",
+                    "api.example.com",
+                    "/new",
+                    &[("authorization", &auth)],
+                );
+                probe
+                    .check(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+                    .unwrap()
+                    .code
+                    == 0
+            }
+        },
+    )
     .await;
     let revision = s.app.store.current().unwrap().revision;
 
@@ -235,18 +421,37 @@ async fn hot_reload_flips_decisions_and_rejects_broken_files() {
     let broken = with_new.replace("path: /new", "path: no-leading-slash");
     std::fs::write(&s.rules_path, broken).unwrap();
     let store = s.app.store.clone();
-    wait_until("the broken file is reported", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move { store.last_error().is_some() }
-    })
+    wait_until(
+        "the broken file is reported",
+        Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            async move { store.last_error().is_some() }
+        },
+    )
     .await;
     let error = s.app.store.last_error().unwrap();
-    assert!(error.contains("routes/new") && error.contains("no-leading-slash"), "{error}");
-    assert_eq!(s.app.store.current().unwrap().revision, revision, "old snapshot still in force");
-    assert_eq!(s.check("GET", "api.example.com", "/new", Some(&t)).await.status, 200);
+    assert!(
+        error.contains("routes/new") && error.contains("no-leading-slash"),
+        "{error}"
+    );
+    assert_eq!(
+        s.app.store.current().unwrap().revision,
+        revision,
+        "old snapshot still in force"
+    );
+    assert_eq!(
+        s.check("GET", "api.example.com", "/new", Some(&t))
+            .await
+            .status,
+        200
+    );
     let status = s.admin_get("/status").await;
     assert!(status.contains("routes/new"), "{status}");
-    assert!(s.admin_get("/metrics").await.contains("scopegate_rule_errors_total 1"));
+    assert!(s
+        .admin_get("/metrics")
+        .await
+        .contains("scopegate_rule_errors_total 1"));
 
     // Fixing the file applies again.
     std::fs::write(&s.rules_path, rules("")).unwrap();
@@ -255,7 +460,12 @@ async fn hot_reload_flips_decisions_and_rejects_broken_files() {
         async move { store.current().unwrap().revision > revision && store.last_error().is_none() }
     })
     .await;
-    assert_eq!(s.check("GET", "api.example.com", "/new", Some(&t)).await.status, 403);
+    assert_eq!(
+        s.check("GET", "api.example.com", "/new", Some(&t))
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]
@@ -267,11 +477,28 @@ async fn rules_validate_command_reports_every_error() {
         "routes:\n  a: {host: '*', path: nope, require: {public: true}}\n  b: {host: '*', path: /b, require: {}}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate")).args(["rules", "validate"]).arg(&bad).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["rules", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("routes/a") && stderr.contains("routes/b") && stderr.contains("2 invalid entries"), "{stderr}");
+    assert!(
+        stderr.contains("routes/a")
+            && stderr.contains("routes/b")
+            && stderr.contains("2 invalid entries"),
+        "{stderr}"
+    );
     let good = support::repo_path("examples/rules.yaml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate")).args(["rules", "validate"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["rules", "validate"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

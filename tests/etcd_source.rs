@@ -21,26 +21,53 @@ const WAIT: Duration = Duration::from_secs(20);
 const P: &str = "/scopegate/";
 
 fn route(path: &str, scopes: &[&str]) -> String {
-    serde_json::json!({"host": "api.example.com", "path": path, "require": {"all": scopes}}).to_string()
+    serde_json::json!({"host": "api.example.com", "path": path, "require": {"all": scopes}})
+        .to_string()
 }
 
 async fn seed(client: &mut Client) {
-    client.put(format!("{P}issuers/test"), tokens::issuer_json(), None).await.unwrap();
-    client.put(format!("{P}routes/orders"), route("/orders/{id}", &["orders:read"]), None).await.unwrap();
-    client.put(format!("{P}routes/health"), r#"{"host":"*","path":"/healthz","require":{"public":true}}"#, None).await.unwrap();
+    client
+        .put(format!("{P}issuers/test"), tokens::issuer_json(), None)
+        .await
+        .unwrap();
+    client
+        .put(
+            format!("{P}routes/orders"),
+            route("/orders/{id}", &["orders:read"]),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .put(
+            format!("{P}routes/health"),
+            r#"{"host":"*","path":"/healthz","require":{"public":true}}"#,
+            None,
+        )
+        .await
+        .unwrap();
 }
 
 async fn start_scopegate(endpoint: &str, extra: &[&str]) -> RunningApp {
     let mut flags = vec!["--etcd-endpoints", endpoint];
     flags.extend_from_slice(extra);
-    app::start(&serve_args(&flags)).await.expect("scopegate starts")
+    app::start(&serve_args(&flags))
+        .await
+        .expect("scopegate starts")
 }
 
 async fn ask(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
     let request = check_request(method, "api.example.com", path, &headers);
-    Answer::from_response(connect(addr).await.check(request).await.unwrap().into_inner())
+    Answer::from_response(
+        connect(addr)
+            .await
+            .check(request)
+            .await
+            .unwrap()
+            .into_inner(),
+    )
 }
 
 /// Waits until a Check answers `status`.
@@ -65,38 +92,136 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
     let t = token("alice", "read:orders");
     until_status(&app, "/healthz", None, 200, "initial load").await;
     // Scope alias not defined yet: read:orders is not orders:read.
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await.status, 403);
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .status,
+        403
+    );
 
-    kv.put(format!("{P}scopes/orders:read"), r#"{"aliases":["read:orders"]}"#, None).await.unwrap();
+    kv.put(
+        format!("{P}scopes/orders:read"),
+        r#"{"aliases":["read:orders"]}"#,
+        None,
+    )
+    .await
+    .unwrap();
     until_status(&app, "/orders/1", Some(&t), 200, "scope alias applies").await;
 
     // Revocation by jti applies to the next request, although the claims are cached.
     let mut c = claims("alice", "orders:read");
     c["jti"] = serde_json::json!("jti-1");
     let revocable = sign(jsonwebtoken::Algorithm::RS256, &c);
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&revocable)).await.status, 200);
-    kv.put(format!("{P}revoked/jti/jti-1"), r#"{"reason":"leaked"}"#, None).await.unwrap();
-    until_status(&app, "/orders/1", Some(&revocable), 401, "jti revocation applies").await;
-    kv.delete(format!("{P}revoked/jti/jti-1"), None).await.unwrap();
-    until_status(&app, "/orders/1", Some(&revocable), 200, "jti revocation removed").await;
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&revocable))
+            .await
+            .status,
+        200
+    );
+    kv.put(
+        format!("{P}revoked/jti/jti-1"),
+        r#"{"reason":"leaked"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&revocable),
+        401,
+        "jti revocation applies",
+    )
+    .await;
+    kv.delete(format!("{P}revoked/jti/jti-1"), None)
+        .await
+        .unwrap();
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&revocable),
+        200,
+        "jti revocation removed",
+    )
+    .await;
 
     let cutoff = tokens::now() + 10;
-    kv.put(format!("{P}revoked/sub/alice"), format!(r#"{{"issued_before":{cutoff}}}"#), None).await.unwrap();
-    until_status(&app, "/orders/1", Some(&t), 401, "subject revocation applies").await;
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&token("bob", "orders:read"))).await.status, 200);
-    kv.put(format!("{P}revoked/client/test-client"), format!(r#"{{"issued_before":{cutoff}}}"#), None).await.unwrap();
-    until_status(&app, "/orders/1", Some(&token("bob", "orders:read")), 401, "client revocation applies").await;
-    kv.delete(format!("{P}revoked/"), Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    kv.put(
+        format!("{P}revoked/sub/alice"),
+        format!(r#"{{"issued_before":{cutoff}}}"#),
+        None,
+    )
+    .await
+    .unwrap();
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&t),
+        401,
+        "subject revocation applies",
+    )
+    .await;
+    assert_eq!(
+        ask(
+            app.grpc_addr,
+            "GET",
+            "/orders/1",
+            Some(&token("bob", "orders:read"))
+        )
+        .await
+        .status,
+        200
+    );
+    kv.put(
+        format!("{P}revoked/client/test-client"),
+        format!(r#"{{"issued_before":{cutoff}}}"#),
+        None,
+    )
+    .await
+    .unwrap();
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&token("bob", "orders:read")),
+        401,
+        "client revocation applies",
+    )
+    .await;
+    kv.delete(
+        format!("{P}revoked/"),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
     until_status(&app, "/orders/1", Some(&t), 200, "revocations removed").await;
 
     kv.delete(format!("{P}routes/orders"), None).await.unwrap();
     until_status(&app, "/orders/1", Some(&t), 403, "route delete applies").await;
-    kv.put(format!("{P}routes/orders"), route("/orders/{id}", &["orders:read"]), None).await.unwrap();
+    kv.put(
+        format!("{P}routes/orders"),
+        route("/orders/{id}", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
     until_status(&app, "/orders/1", Some(&t), 200, "route put applies").await;
 
     kv.delete(format!("{P}issuers/test"), None).await.unwrap();
-    until_status(&app, "/orders/1", Some(&t), 401, "issuer delete applies, cached claims included").await;
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await.reason().as_deref(), Some("unknown_issuer"));
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&t),
+        401,
+        "issuer delete applies, cached claims included",
+    )
+    .await;
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .reason()
+            .as_deref(),
+        Some("unknown_issuer")
+    );
 }
 
 #[tokio::test]
@@ -105,13 +230,27 @@ async fn denies_until_the_first_snapshot_then_becomes_ready() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let app = start_scopegate(&endpoint, &[]).await;
     let a = ask(app.grpc_addr, "GET", "/healthz", None).await;
-    assert_eq!((a.status, a.reason().as_deref()), (503, Some("no_snapshot")));
-    assert!(http_get(app.admin_addr, "/readyz").await.contains("not ready"));
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (503, Some("no_snapshot"))
+    );
+    assert!(http_get(app.admin_addr, "/readyz")
+        .await
+        .contains("not ready"));
     // etcd appears later on that port: scopegate connects by itself.
     let etcd = EtcdServer::start_on(port).await;
     seed(&mut etcd.client().await).await;
-    until_status(&app, "/healthz", None, 200, "first snapshot after etcd appears").await;
-    assert!(http_get(app.admin_addr, "/readyz").await.starts_with("ready"));
+    until_status(
+        &app,
+        "/healthz",
+        None,
+        200,
+        "first snapshot after etcd appears",
+    )
+    .await;
+    assert!(http_get(app.admin_addr, "/readyz")
+        .await
+        .starts_with("ready"));
 }
 
 #[tokio::test]
@@ -124,7 +263,11 @@ async fn a_transaction_is_applied_atomically() {
     let state = |v: &str| {
         vec![
             TxnOp::put(format!("{P}routes/linked"), route("/linked", &[v]), None),
-            TxnOp::put(format!("{P}scopes/t"), format!(r#"{{"implies":["{v}"]}}"#), None),
+            TxnOp::put(
+                format!("{P}scopes/t"),
+                format!(r#"{{"implies":["{v}"]}}"#),
+                None,
+            ),
         ]
     };
     kv.txn(Txn::new().and_then(state("v1"))).await.unwrap();
@@ -142,7 +285,12 @@ async fn a_transaction_is_applied_atomically() {
             let auth = format!("Bearer {t}");
             let mut denied = 0;
             while !stop.load(Ordering::Relaxed) {
-                let req = check_request("GET", "api.example.com", "/linked", &[("authorization", &auth)]);
+                let req = check_request(
+                    "GET",
+                    "api.example.com",
+                    "/linked",
+                    &[("authorization", &auth)],
+                );
                 let a = Answer::from_response(client.check(req).await.unwrap().into_inner());
                 checks.fetch_add(1, Ordering::Relaxed);
                 if a.status != 200 {
@@ -155,7 +303,18 @@ async fn a_transaction_is_applied_atomically() {
     let store = app.store.clone();
     for round in 0..40 {
         let v = if round % 2 == 0 { "v2" } else { "v1" };
-        let resp = kv.txn(Txn::new().when([Compare::version(format!("{P}scopes/t"), CompareOp::Greater, 0)]).and_then(state(v))).await.unwrap();
+        let resp = kv
+            .txn(
+                Txn::new()
+                    .when([Compare::version(
+                        format!("{P}scopes/t"),
+                        CompareOp::Greater,
+                        0,
+                    )])
+                    .and_then(state(v)),
+            )
+            .await
+            .unwrap();
         let revision = resp.header().unwrap().revision();
         wait_until("transaction applied", WAIT, || {
             let store = store.clone();
@@ -182,22 +341,59 @@ async fn a_bad_value_is_rejected_for_its_key_alone() {
     until_status(&app, "/orders/1", Some(&t), 200, "initial load").await;
     // One revision: a new good route, and a broken version of the existing route.
     kv.txn(Txn::new().and_then([
-        TxnOp::put(format!("{P}routes/new"), route("/new", &["orders:read"]), None),
+        TxnOp::put(
+            format!("{P}routes/new"),
+            route("/new", &["orders:read"]),
+            None,
+        ),
         TxnOp::put(format!("{P}routes/orders"), "{not json", None),
     ]))
     .await
     .unwrap();
-    until_status(&app, "/new", Some(&t), 200, "the good key of the revision applies").await;
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await.status, 200, "last good version of routes/orders stays");
+    until_status(
+        &app,
+        "/new",
+        Some(&t),
+        200,
+        "the good key of the revision applies",
+    )
+    .await;
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .status,
+        200,
+        "last good version of routes/orders stays"
+    );
     let metrics = http_get(app.admin_addr, "/metrics").await;
-    assert!(metrics.contains("scopegate_rule_errors_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("scopegate_rule_errors_total 1"),
+        "{metrics}"
+    );
     let status = http_get(app.admin_addr, "/status").await;
     assert!(status.contains("/scopegate/routes/orders"), "{status}");
     // An invalid route shape is rejected the same way.
-    kv.put(format!("{P}routes/orders"), route("no-slash", &["orders:read"]), None).await.unwrap();
-    kv.put(format!("{P}routes/marker"), route("/marker", &["orders:read"]), None).await.unwrap();
+    kv.put(
+        format!("{P}routes/orders"),
+        route("no-slash", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
+    kv.put(
+        format!("{P}routes/marker"),
+        route("/marker", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
     until_status(&app, "/marker", Some(&t), 200, "later revision applies").await;
-    assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await.status, 200);
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -209,13 +405,30 @@ async fn survives_etcd_crash_and_applies_writes_after_restart() {
     until_status(&app, "/orders/1", Some(&t), 200, "initial load").await;
     etcd.kill();
     for _ in 0..20 {
-        assert_eq!(ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await.status, 200, "serves from its snapshot while etcd is down");
+        assert_eq!(
+            ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+                .await
+                .status,
+            200,
+            "serves from its snapshot while etcd is down"
+        );
     }
     etcd.restart().await;
-    etcd.client().await.put(format!("{P}routes/after"), route("/after", &["orders:read"]), None).await.unwrap();
+    etcd.client()
+        .await
+        .put(
+            format!("{P}routes/after"),
+            route("/after", &["orders:read"]),
+            None,
+        )
+        .await
+        .unwrap();
     until_status(&app, "/after", Some(&t), 200, "write after restart applies").await;
     let metrics = http_get(app.admin_addr, "/metrics").await;
-    assert!(!metrics.contains("scopegate_watch_restarts_total 0"), "{metrics}");
+    assert!(
+        !metrics.contains("scopegate_watch_restarts_total 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -223,8 +436,15 @@ async fn compaction_while_disconnected_triggers_a_full_reload() {
     let etcd = EtcdServer::start().await;
     let mut kv = etcd.client().await;
     seed(&mut kv).await;
-    kv.put(format!("{P}routes/doomed"), route("/doomed", &["orders:read"]), None).await.unwrap();
-    let proxy = CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
+    kv.put(
+        format!("{P}routes/doomed"),
+        route("/doomed", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
+    let proxy =
+        CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
     let app = start_scopegate(&proxy.endpoint(), &[]).await;
     let t = token("alice", "orders:read");
     until_status(&app, "/doomed", Some(&t), 200, "initial load").await;
@@ -232,15 +452,32 @@ async fn compaction_while_disconnected_triggers_a_full_reload() {
 
     proxy.cut();
     kv.delete(format!("{P}routes/doomed"), None).await.unwrap();
-    kv.put(format!("{P}routes/born"), route("/born", &["orders:read"]), None).await.unwrap();
-    let head = kv.put(format!("{P}routes/born"), route("/born", &["orders:read"]), None).await.unwrap();
+    kv.put(
+        format!("{P}routes/born"),
+        route("/born", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
+    let head = kv
+        .put(
+            format!("{P}routes/born"),
+            route("/born", &["orders:read"]),
+            None,
+        )
+        .await
+        .unwrap();
     let revision = head.header().unwrap().revision();
     kv.compact(revision, None).await.unwrap();
     assert!(revision > applied + 1);
     proxy.restore();
 
     until_status(&app, "/born", Some(&t), 200, "reload after compaction").await;
-    assert_eq!(ask(app.grpc_addr, "GET", "/doomed", Some(&t)).await.status, 403, "deleted while disconnected");
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/doomed", Some(&t)).await.status,
+        403,
+        "deleted while disconnected"
+    );
     assert!(app.store.current().unwrap().revision >= revision);
 }
 
@@ -248,7 +485,8 @@ async fn compaction_while_disconnected_triggers_a_full_reload() {
 async fn max_staleness_fails_closed_and_recovers() {
     let etcd = EtcdServer::start().await;
     seed(&mut etcd.client().await).await;
-    let proxy = CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
+    let proxy =
+        CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
     let app = start_scopegate(&proxy.endpoint(), &["--max-staleness", "3s"]).await;
     let t = token("alice", "orders:read");
     until_status(&app, "/orders/1", Some(&t), 200, "initial load").await;
@@ -256,22 +494,40 @@ async fn max_staleness_fails_closed_and_recovers() {
     until_status(&app, "/orders/1", Some(&t), 503, "stale snapshot denies").await;
     let a = ask(app.grpc_addr, "GET", "/orders/1", Some(&t)).await;
     assert_eq!(a.reason().as_deref(), Some("snapshot_stale"));
-    assert_eq!(ask(app.grpc_addr, "GET", "/healthz", None).await.status, 200, "public routes stay open");
-    assert!(http_get(app.admin_addr, "/readyz").await.contains("not ready"));
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/healthz", None).await.status,
+        200,
+        "public routes stay open"
+    );
+    assert!(http_get(app.admin_addr, "/readyz")
+        .await
+        .contains("not ready"));
     proxy.restore();
-    until_status(&app, "/orders/1", Some(&t), 200, "recovers when etcd returns").await;
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&t),
+        200,
+        "recovers when etcd returns",
+    )
+    .await;
 }
 
 fn write_tls(dir: &std::path::Path) -> (EtcdTls, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf = |name: &str, eku: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string(), "localhost".to_string()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let mut params =
+            CertificateParams::new(vec![name.to_string(), "localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.extended_key_usages = vec![eku];
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -288,7 +544,11 @@ fn write_tls(dir: &std::path::Path) -> (EtcdTls, std::path::PathBuf, std::path::
         server_cert: write("server.pem", &server_cert),
         server_key: write("server-key.pem", &server_key),
     };
-    (tls, write("client.pem", &client_cert), write("client-key.pem", &client_key))
+    (
+        tls,
+        write("client.pem", &client_cert),
+        write("client-key.pem", &client_key),
+    )
 }
 
 #[tokio::test]
@@ -298,14 +558,43 @@ async fn tls_with_client_certificates() {
     let etcd = EtcdServer::start_with(Some(tls.clone())).await;
     let options = etcd_client::ConnectOptions::new().with_tls(
         etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&tls.ca_file).unwrap()))
-            .identity(etcd_client::Identity::from_pem(std::fs::read(&client_cert).unwrap(), std::fs::read(&client_key).unwrap())),
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(&tls.ca_file).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&client_cert).unwrap(),
+                std::fs::read(&client_key).unwrap(),
+            )),
     );
-    let mut kv = Client::connect([etcd.endpoint()], Some(options)).await.unwrap();
+    let mut kv = Client::connect([etcd.endpoint()], Some(options))
+        .await
+        .unwrap();
     seed(&mut kv).await;
-    let (ca, cert, key) = (tls.ca_file.to_str().unwrap(), client_cert.to_str().unwrap(), client_key.to_str().unwrap());
-    let app = start_scopegate(&etcd.endpoint(), &["--etcd-ca-file", ca, "--etcd-cert-file", cert, "--etcd-key-file", key]).await;
-    until_status(&app, "/orders/1", Some(&token("alice", "orders:read")), 200, "loaded over mutual TLS").await;
+    let (ca, cert, key) = (
+        tls.ca_file.to_str().unwrap(),
+        client_cert.to_str().unwrap(),
+        client_key.to_str().unwrap(),
+    );
+    let app = start_scopegate(
+        &etcd.endpoint(),
+        &[
+            "--etcd-ca-file",
+            ca,
+            "--etcd-cert-file",
+            cert,
+            "--etcd-key-file",
+            key,
+        ],
+    )
+    .await;
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&token("alice", "orders:read")),
+        200,
+        "loaded over mutual TLS",
+    )
+    .await;
 
     // Without a client certificate etcd refuses us: scopegate stays fail-closed.
     let no_cert = start_scopegate(&etcd.endpoint(), &["--etcd-ca-file", ca]).await;
@@ -327,11 +616,32 @@ async fn user_and_password_auth() {
     let password_file = dir.path().join("etcd-password");
     std::fs::write(&password_file, "root-pw\n").unwrap();
     let pw = password_file.to_str().unwrap();
-    let app = start_scopegate(&etcd.endpoint(), &["--etcd-user", "root", "--etcd-password-file", pw]).await;
-    until_status(&app, "/orders/1", Some(&token("alice", "orders:read")), 200, "loaded with user/password").await;
+    let app = start_scopegate(
+        &etcd.endpoint(),
+        &["--etcd-user", "root", "--etcd-password-file", pw],
+    )
+    .await;
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&token("alice", "orders:read")),
+        200,
+        "loaded with user/password",
+    )
+    .await;
     std::fs::write(&password_file, "wrong").unwrap();
-    let wrong = start_scopegate(&etcd.endpoint(), &["--etcd-user", "root", "--etcd-password-file", pw]).await;
+    let wrong = start_scopegate(
+        &etcd.endpoint(),
+        &["--etcd-user", "root", "--etcd-password-file", pw],
+    )
+    .await;
     for _ in 0..5 {
-        assert_eq!(ask(wrong.grpc_addr, "GET", "/healthz", None).await.reason().as_deref(), Some("no_snapshot"));
+        assert_eq!(
+            ask(wrong.grpc_addr, "GET", "/healthz", None)
+                .await
+                .reason()
+                .as_deref(),
+            Some("no_snapshot")
+        );
     }
 }

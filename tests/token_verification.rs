@@ -40,12 +40,21 @@ fn header(alg: Algorithm, kid: &str, typ: &str) -> Header {
 }
 
 fn reason(token: &str) -> Reason {
-    verifier().verify(token).expect_err("token must be refused").reason()
+    verifier()
+        .verify(token)
+        .expect_err("token must be refused")
+        .reason()
 }
 
 #[test]
 fn every_supported_algorithm_verifies() {
-    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ] {
         let verified = verifier().verify(&sign(alg, &claims("alice", "orders:read")));
         let claims = verified.unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         assert_eq!(claims.sub.as_deref(), Some("alice"));
@@ -72,7 +81,13 @@ fn alg_none_is_refused() {
     let body = B64.encode(claims("mallory", "orders:admin").to_string());
     for token in [format!("{head}.{body}."), format!("{head}.{body}")] {
         let err = verifier().verify(&token).unwrap_err();
-        assert!(matches!(err.reason(), Reason::MalformedToken | Reason::AlgorithmNotAllowed), "{err}");
+        assert!(
+            matches!(
+                err.reason(),
+                Reason::MalformedToken | Reason::AlgorithmNotAllowed
+            ),
+            "{err}"
+        );
     }
 }
 
@@ -81,18 +96,33 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
     // The classic key-confusion attack: HMAC keyed with the issuer's public key.
     let public_pem = std::fs::read(support::repo_path("examples/keys/demo-rs256.pub.pem")).unwrap();
     let key = jsonwebtoken::EncodingKey::from_secret(&public_pem);
-    let token = encode(&header(Algorithm::HS256, "demo-rsa-1", "at+jwt"), &claims("mallory", "orders:admin"), &key).unwrap();
+    let token = encode(
+        &header(Algorithm::HS256, "demo-rsa-1", "at+jwt"),
+        &claims("mallory", "orders:admin"),
+        &key,
+    )
+    .unwrap();
     assert_eq!(reason(&token), Reason::AlgorithmNotAllowed);
 }
 
 #[test]
 fn unknown_kid_and_wrong_key_type_for_kid() {
     let (key, _) = demo_key(Algorithm::RS256);
-    let token = encode(&header(Algorithm::RS256, "no-such-kid", "at+jwt"), &claims("a", "s"), &key).unwrap();
+    let token = encode(
+        &header(Algorithm::RS256, "no-such-kid", "at+jwt"),
+        &claims("a", "s"),
+        &key,
+    )
+    .unwrap();
     assert_eq!(reason(&token), Reason::UnknownKey);
     // kid of the P-384 key with alg ES256: a key is only used with algorithms of its own type.
     let (key, _) = demo_key(Algorithm::ES256);
-    let token = encode(&header(Algorithm::ES256, "demo-ec-p384-1", "at+jwt"), &claims("a", "s"), &key).unwrap();
+    let token = encode(
+        &header(Algorithm::ES256, "demo-ec-p384-1", "at+jwt"),
+        &claims("a", "s"),
+        &key,
+    )
+    .unwrap();
     assert_eq!(reason(&token), Reason::UnknownKey);
 }
 
@@ -120,9 +150,15 @@ fn expiry_and_not_before_respect_leeway() {
         sign(Algorithm::RS256, &c)
     };
     assert_eq!(reason(&at(now - 120, now - 3600)), Reason::TokenExpired);
-    assert!(verifier().verify(&at(now - 10, now - 3600)).is_ok(), "within the 30 s leeway");
+    assert!(
+        verifier().verify(&at(now - 10, now - 3600)).is_ok(),
+        "within the 30 s leeway"
+    );
     assert_eq!(reason(&at(now + 3600, now + 120)), Reason::TokenNotYetValid);
-    assert!(verifier().verify(&at(now + 3600, now + 10)).is_ok(), "within the 30 s leeway");
+    assert!(
+        verifier().verify(&at(now + 3600, now + 10)).is_ok(),
+        "within the 30 s leeway"
+    );
 }
 
 #[test]
@@ -145,7 +181,10 @@ fn issuer_and_audience_must_match() {
     assert_eq!(reason(&sign(Algorithm::RS256, &c)), Reason::InvalidAudience);
     let mut c = claims("a", "s");
     c["aud"] = json!(["x", "other-api"]);
-    assert!(verifier().verify(&sign(Algorithm::RS256, &c)).is_ok(), "one accepted audience suffices");
+    assert!(
+        verifier().verify(&sign(Algorithm::RS256, &c)).is_ok(),
+        "one accepted audience suffices"
+    );
 }
 
 #[test]
@@ -154,7 +193,12 @@ fn tampered_payload_and_stripped_signature_are_refused() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut payload: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
     payload["scope"] = json!("orders:admin");
-    let tampered = format!("{}.{}.{}", parts[0], B64.encode(payload.to_string()), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64.encode(payload.to_string()),
+        parts[2]
+    );
     assert_eq!(reason(&tampered), Reason::InvalidSignature);
     let stripped = format!("{}.{}.", parts[0], parts[1]);
     assert_eq!(reason(&stripped), Reason::InvalidSignature);
@@ -170,8 +214,16 @@ fn typ_must_be_an_access_token() {
     assert_eq!(reason(&jwt), Reason::InvalidType);
     let mut no_typ = Header::new(Algorithm::RS256);
     no_typ.kid = Some(kid.into());
-    assert_eq!(reason(&encode(&no_typ, &c, &key).unwrap()), Reason::InvalidType);
-    let long_form = encode(&header(Algorithm::RS256, kid, "application/AT+JWT"), &c, &key).unwrap();
+    assert_eq!(
+        reason(&encode(&no_typ, &c, &key).unwrap()),
+        Reason::InvalidType
+    );
+    let long_form = encode(
+        &header(Algorithm::RS256, kid, "application/AT+JWT"),
+        &c,
+        &key,
+    )
+    .unwrap();
     assert!(verifier().verify(&long_form).is_ok());
 }
 
@@ -181,7 +233,10 @@ fn crit_header_is_refused() {
     h.crit = Some(vec!["exp-ext".into()]);
     let (key, _) = demo_key(Algorithm::RS256);
     let token = encode(&h, &claims("a", "s"), &key).unwrap();
-    assert!(matches!(verifier().verify(&token), Err(TokenError::Malformed(_))));
+    assert!(matches!(
+        verifier().verify(&token),
+        Err(TokenError::Malformed(_))
+    ));
 }
 
 #[test]

@@ -91,9 +91,9 @@ pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
     let host = without_port.strip_suffix('.').unwrap_or(without_port);
     let ok = !host.is_empty()
         && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        });
     if !ok {
         return Err(RequestError::BadHost);
     }
@@ -126,7 +126,10 @@ fn decode_segment(raw: &str) -> Result<DecodedSegment, RequestError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (hi, lo) = match (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            let (hi, lo) = match (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
                 (Some(hi), Some(lo)) => (hi, lo),
                 _ => return Err(RequestError::BadEscape),
             };
@@ -152,7 +155,11 @@ fn decode_segment(raw: &str) -> Result<DecodedSegment, RequestError> {
         // Copy one UTF-8 character (or byte run) as it is.
         let start = i;
         i += 1;
-        while i < bytes.len() && !matches!(bytes[i], b'%' | b'\\') && bytes[i] >= 0x20 && bytes[i] != 0x7F {
+        while i < bytes.len()
+            && !matches!(bytes[i], b'%' | b'\\')
+            && bytes[i] >= 0x20
+            && bytes[i] != 0x7F
+        {
             i += 1;
         }
         text.push_str(&raw[start..i]);
@@ -223,9 +230,9 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<Option<&str>, Request
 fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 #[cfg(test)]
@@ -253,7 +260,11 @@ mod tests {
         ];
         for (raw, want) in cases {
             if want.is_empty() {
-                assert_eq!(normalise_path(raw), Err(RequestError::PathNotAbsolute), "{raw}");
+                assert_eq!(
+                    normalise_path(raw),
+                    Err(RequestError::PathNotAbsolute),
+                    "{raw}"
+                );
             } else {
                 assert_eq!(normalise_path(raw).as_deref(), Ok(want), "{raw}");
             }
@@ -284,7 +295,10 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(normalise_path(raw), Err(want), "{raw}");
         }
-        assert_eq!(normalise_path(&"/a".repeat(10_000)), Err(RequestError::PathTooLong));
+        assert_eq!(
+            normalise_path(&"/a".repeat(10_000)),
+            Err(RequestError::PathTooLong)
+        );
     }
 
     #[test]
@@ -296,10 +310,24 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        assert_eq!(normalise_host("API.Example.COM:8443").unwrap(), "api.example.com");
-        assert_eq!(normalise_host("api.example.com.").unwrap(), "api.example.com");
+        assert_eq!(
+            normalise_host("API.Example.COM:8443").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(
+            normalise_host("api.example.com.").unwrap(),
+            "api.example.com"
+        );
         assert_eq!(normalise_host("[::1]:80").unwrap(), "[::1]");
-        for bad in ["", ":80", "a b", "api.example.com:x", "[::1", "ex\u{0}ample", "a/b"] {
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "api.example.com:x",
+            "[::1",
+            "ex\u{0}ample",
+            "a/b",
+        ] {
             assert_eq!(normalise_host(bad), Err(RequestError::BadHost), "{bad:?}");
         }
     }
@@ -307,12 +335,26 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token(None), Ok(None));
-        assert_eq!(bearer_token(Some("Bearer abc.def.ghi")), Ok(Some("abc.def.ghi")));
+        assert_eq!(
+            bearer_token(Some("Bearer abc.def.ghi")),
+            Ok(Some("abc.def.ghi"))
+        );
         assert_eq!(bearer_token(Some("bearer abc")), Ok(Some("abc")));
         assert_eq!(bearer_token(Some("BEARER  abc==")), Ok(Some("abc==")));
         assert_eq!(bearer_token(Some("Basic dXNlcjpwYXNz")), Ok(None));
-        for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer a,Bearer b", "Bearer ===", "Bearer a\"b"] {
-            assert_eq!(bearer_token(Some(bad)), Err(RequestError::MalformedBearer), "{bad}");
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,Bearer b",
+            "Bearer ===",
+            "Bearer a\"b",
+        ] {
+            assert_eq!(
+                bearer_token(Some(bad)),
+                Err(RequestError::MalformedBearer),
+                "{bad}"
+            );
         }
     }
 

@@ -23,7 +23,9 @@ impl ScopeGraph {
                 // A defined scope name is never re-pointed by someone else's alias; the first
                 // definition (by name) that claims an alias keeps it.
                 if !defs.contains_key(alias) {
-                    canonical.entry(alias.clone()).or_insert_with(|| name.clone());
+                    canonical
+                        .entry(alias.clone())
+                        .or_insert_with(|| name.clone());
                 }
             }
         }
@@ -89,7 +91,10 @@ mod tests {
             description: None,
         };
         defs.insert("orders:admin".into(), def(&["orders:write"], &[]));
-        defs.insert("orders:write".into(), def(&["orders:read"], &["write:orders"]));
+        defs.insert(
+            "orders:write".into(),
+            def(&["orders:read"], &["write:orders"]),
+        );
         defs.insert("orders:read".into(), def(&[], &["read:orders"]));
         defs.insert("loop:a".into(), def(&["loop:b"], &[]));
         defs.insert("loop:b".into(), def(&["loop:a"], &[]));
@@ -122,8 +127,18 @@ mod tests {
     #[test]
     fn matching_is_exact_never_substring_or_prefix() {
         let g = graph();
-        for token in ["orders", "orders:rea", "orders:read2", "ORDERS:READ", "orders:read:x", "xorders:read"] {
-            assert!(!g.satisfies(&scopes(&[token]), &all(&["orders:read"])), "{token}");
+        for token in [
+            "orders",
+            "orders:rea",
+            "orders:read2",
+            "ORDERS:READ",
+            "orders:read:x",
+            "xorders:read",
+        ] {
+            assert!(
+                !g.satisfies(&scopes(&[token]), &all(&["orders:read"])),
+                "{token}"
+            );
         }
     }
 

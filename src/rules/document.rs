@@ -64,7 +64,9 @@ pub fn load_file(path: &Path) -> Result<RuleSet, DocumentError> {
 /// Validates document text; `path` names it in errors and anchors relative file paths.
 pub fn parse_document(text: &str, path: &Path) -> Result<RuleSet, DocumentError> {
     let name = path.display().to_string();
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let raw: RawDocument = if is_json {
         serde_json::from_str(text).map_err(|e| DocumentError::Syntax {
             path: name.clone(),
@@ -145,7 +147,11 @@ routes:
         };
         let ids: Vec<_> = errors.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["bad-path", "bad-require"]);
-        assert!(err.to_string().contains("routes/bad-path: path \"no-slash\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("routes/bad-path: path \"no-slash\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -158,6 +164,9 @@ routes:
             parse_document("{\"rutes\": {}}", Path::new("r.json")),
             Err(DocumentError::Syntax { .. })
         ));
-        assert!(parse_document("", Path::new("r.yaml")).unwrap().routes.is_empty());
+        assert!(parse_document("", Path::new("r.yaml"))
+            .unwrap()
+            .routes
+            .is_empty());
     }
 }

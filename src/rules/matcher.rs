@@ -82,7 +82,11 @@ impl RouteIndex {
 
     /// The winning route for a normalised host (lower-case, no port), method and path segments.
     pub fn find(&self, host: &str, method: &str, segments: &[&str]) -> Option<&Arc<Route>> {
-        if let Some(found) = self.exact_hosts.get(host).and_then(|t| t.find(method, segments)) {
+        if let Some(found) = self
+            .exact_hosts
+            .get(host)
+            .and_then(|t| t.find(method, segments))
+        {
             return Some(found);
         }
         if !self.suffix_hosts.is_empty() {
@@ -212,7 +216,10 @@ mod tests {
         ]);
         assert_eq!(find(&index, "a.b.example.com", "GET", "/y"), Some("exact"));
         // The exact bucket has no /x: fall through to the longest matching suffix.
-        assert_eq!(find(&index, "a.b.example.com", "GET", "/x"), Some("deep-wild"));
+        assert_eq!(
+            find(&index, "a.b.example.com", "GET", "/x"),
+            Some("deep-wild")
+        );
         assert_eq!(find(&index, "c.example.com", "GET", "/x"), Some("wild"));
         // `*.example.com` does not cover `example.com` itself.
         assert_eq!(find(&index, "example.com", "GET", "/x"), Some("any"));

@@ -50,9 +50,9 @@ impl HostPattern {
         if name.is_empty() || name.len() > 253 {
             return bad("must be a host name, `*.suffix` or `*`");
         }
-        let valid = name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'));
+        let valid = name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        });
         if !valid || name.contains('*') || name.split('.').any(str::is_empty) {
             return bad("must be a host name, `*.suffix` or `*` (no port, no other wildcards)");
         }
@@ -149,7 +149,9 @@ fn parse_segment(raw: &str, part: &str) -> Result<Segment, RouteError> {
         };
     }
     if part.contains(['{', '}', '*']) {
-        return bad("'**' is only allowed as the last segment; '{' '}' only as a whole {param} segment");
+        return bad(
+            "'**' is only allowed as the last segment; '{' '}' only as a whole {param} segment",
+        );
     }
     if part == "." || part == ".." || part.contains('%') {
         return bad("literal segments must be normalised (no '.', '..' or percent-encoding)");
@@ -302,13 +304,18 @@ mod tests {
 
     #[test]
     fn parses_a_full_route() {
-        let r = route(json!({"host":"API.Example.com","path":"/orders/{id}","methods":["get"],
-            "require":{"all":["orders:read"]},"mode":"dry_run"}))
+        let r = route(
+            json!({"host":"API.Example.com","path":"/orders/{id}","methods":["get"],
+            "require":{"all":["orders:read"]},"mode":"dry_run"}),
+        )
         .unwrap();
         assert_eq!(r.host, HostPattern::Exact("api.example.com".into()));
         assert_eq!(
             r.path.segments,
-            vec![Segment::Literal("orders".into()), Segment::Param("id".into())]
+            vec![
+                Segment::Literal("orders".into()),
+                Segment::Param("id".into())
+            ]
         );
         assert_eq!(r.methods, Some(vec!["GET".to_string()]));
         assert_eq!(r.mode, Mode::DryRun);
@@ -334,15 +341,7 @@ mod tests {
         let root = PathPattern::parse("/").unwrap();
         assert!(root.segments.is_empty() && !root.prefix);
         for bad in [
-            "orders",
-            "/a/**/b",
-            "/a//b",
-            "/a/../b",
-            "/a/%2e",
-            "/a?x",
-            "/a/{}",
-            "/a/{x-y}",
-            "/a*",
+            "orders", "/a/**/b", "/a//b", "/a/../b", "/a/%2e", "/a?x", "/a/{}", "/a/{x-y}", "/a*",
         ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
@@ -351,9 +350,7 @@ mod tests {
     #[test]
     fn require_needs_exactly_one_form() {
         assert!(route(json!({"host":"*","path":"/","require":{}})).is_err());
-        assert!(
-            route(json!({"host":"*","path":"/","require":{"all":["a"],"any":["b"]}})).is_err()
-        );
+        assert!(route(json!({"host":"*","path":"/","require":{"all":["a"],"any":["b"]}})).is_err());
         assert!(route(json!({"host":"*","path":"/","require":{"public":false}})).is_err());
         assert!(route(json!({"host":"*","path":"/","require":{"all":[]}})).is_err());
         assert!(route(json!({"host":"*","path":"/","require":{"public":true}})).is_ok());
@@ -362,8 +359,12 @@ mod tests {
     #[test]
     fn unknown_fields_and_modes_are_rejected() {
         assert!(route(json!({"host":"*","path":"/","require":{"public":true},"x":1})).is_err());
-        assert!(route(json!({"host":"*","path":"/","require":{"public":true},"mode":"audit"})).is_err());
-        assert!(route(json!({"host":"*","path":"/","methods":[],"require":{"public":true}})).is_err());
+        assert!(
+            route(json!({"host":"*","path":"/","require":{"public":true},"mode":"audit"})).is_err()
+        );
+        assert!(
+            route(json!({"host":"*","path":"/","methods":[],"require":{"public":true}})).is_err()
+        );
     }
 
     #[test]
@@ -372,7 +373,10 @@ mod tests {
         assert_eq!(p("/a/b").specificity_cmp(&p("/a/{x}")), Ordering::Greater);
         assert_eq!(p("/a/{x}").specificity_cmp(&p("/a/**")), Ordering::Greater);
         assert_eq!(p("/a/b/**").specificity_cmp(&p("/a/**")), Ordering::Greater);
-        assert_eq!(p("/a/b/{x}").specificity_cmp(&p("/a/{y}/c")), Ordering::Greater);
+        assert_eq!(
+            p("/a/b/{x}").specificity_cmp(&p("/a/{y}/c")),
+            Ordering::Greater
+        );
         assert_eq!(p("/a/{x}").specificity_cmp(&p("/a/{y}")), Ordering::Equal);
     }
 }

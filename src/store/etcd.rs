@@ -87,7 +87,9 @@ impl EtcdSettings {
     /// Builds settings from the CLI, reading certificates and the password from files/env.
     pub fn from_args(args: &EtcdArgs) -> Result<EtcdSettings, EtcdError> {
         if !args.etcd_prefix.starts_with('/') || !args.etcd_prefix.ends_with('/') {
-            return Err(EtcdError::Config("--etcd-prefix must start and end with '/'".into()));
+            return Err(EtcdError::Config(
+                "--etcd-prefix must start and end with '/'".into(),
+            ));
         }
         let mut settings = EtcdSettings::new(args.etcd_endpoints.clone(), &args.etcd_prefix);
         settings.timeout = args.etcd_timeout;
@@ -179,7 +181,11 @@ impl EtcdSource {
 
     /// One connection: (re)load if needed, then watch until something breaks.
     async fn session(&mut self, backoff: &mut Duration) -> Result<(), EtcdError> {
-        let mut client = Client::connect(&self.settings.endpoints, Some(self.settings.connect_options())).await?;
+        let mut client = Client::connect(
+            &self.settings.endpoints,
+            Some(self.settings.connect_options()),
+        )
+        .await?;
         if self.needs_reload {
             self.load(&mut client).await?;
         }
@@ -187,7 +193,9 @@ impl EtcdSource {
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_progress_notify();
-        let mut stream = client.watch(self.settings.prefix.as_str(), Some(options)).await?;
+        let mut stream = client
+            .watch(self.settings.prefix.as_str(), Some(options))
+            .await?;
         let mut progress = tokio::time::interval(self.settings.progress_interval);
         loop {
             tokio::select! {
@@ -209,7 +217,10 @@ impl EtcdSource {
     /// Reads the whole prefix at one revision and publishes it.
     async fn load(&mut self, client: &mut Client) -> Result<(), EtcdError> {
         let response = client
-            .get(self.settings.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.settings.prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let previous = std::mem::take(&mut self.rules);
@@ -219,7 +230,11 @@ impl EtcdSource {
         self.revision = revision;
         self.needs_reload = false;
         self.publish();
-        tracing::info!(revision, keys = response.kvs().len(), "loaded rules from etcd");
+        tracing::info!(
+            revision,
+            keys = response.kvs().len(),
+            "loaded rules from etcd"
+        );
         Ok(())
     }
 
@@ -267,13 +282,18 @@ impl EtcdSource {
     fn put(&mut self, kv: &KeyValue, revision: i64, fallback: Option<&RuleSet>) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         let Some((kind, id)) = self.relative_key(kv) else {
-            self.reject(&key, revision, "unknown key (expected routes/, scopes/, issuers/ or revoked/{jti,sub,client}/)");
+            self.reject(
+                &key,
+                revision,
+                "unknown key (expected routes/, scopes/, issuers/ or revoked/{jti,sub,client}/)",
+            );
             return;
         };
         let parsed = serde_json::from_slice(kv.value())
             .map_err(|e| format!("not JSON: {e}"))
             .and_then(|value| {
-                Entry::parse(kind, id, &value, ParseContext { base_dir: None }).map_err(|e| e.message)
+                Entry::parse(kind, id, &value, ParseContext { base_dir: None })
+                    .map_err(|e| e.message)
             });
         match parsed {
             Ok(entry) => self.rules.insert(id, entry),
@@ -294,7 +314,12 @@ impl EtcdSource {
 
     fn reject(&self, key: &str, revision: i64, error: &str) {
         self.metrics.rule_errors.inc();
-        tracing::error!(key, revision, error, "etcd value rejected; the last good version of this key stays in force");
+        tracing::error!(
+            key,
+            revision,
+            error,
+            "etcd value rejected; the last good version of this key stays in force"
+        );
         self.store
             .set_last_error(Some(format!("{key} @ revision {revision}: {error}")));
     }
@@ -315,8 +340,16 @@ fn carry_over(from: &RuleSet, to: &mut RuleSet, kind: EntryKind, id: &str) {
         EntryKind::Route => from.routes.get(id).cloned().map(Entry::Route),
         EntryKind::Scope => from.scopes.get(id).cloned().map(Entry::Scope),
         EntryKind::RevokedJti => from.revoked_jti.get(id).map(|_| Entry::RevokedJti),
-        EntryKind::RevokedSubject => from.revoked_subjects.get(id).copied().map(Entry::RevokedSubject),
-        EntryKind::RevokedClient => from.revoked_clients.get(id).copied().map(Entry::RevokedClient),
+        EntryKind::RevokedSubject => from
+            .revoked_subjects
+            .get(id)
+            .copied()
+            .map(Entry::RevokedSubject),
+        EntryKind::RevokedClient => from
+            .revoked_clients
+            .get(id)
+            .copied()
+            .map(Entry::RevokedClient),
     };
     if let Some(entry) = entry {
         to.insert(id, entry);

@@ -65,7 +65,11 @@ struct RawIssuer {
 
 impl IssuerConfig {
     /// Validates an issuer value and loads its keys; relative files resolve against `base_dir`.
-    pub fn from_json(name: &str, value: &Value, base_dir: Option<&Path>) -> Result<Self, IssuerError> {
+    pub fn from_json(
+        name: &str,
+        value: &Value,
+        base_dir: Option<&Path>,
+    ) -> Result<Self, IssuerError> {
         if value.get("jwks_uri").is_some() {
             return Err(IssuerError::Invalid(
                 "jwks_uri is not supported yet: give the keys as \"jwks\" or \"jwks_file\"",
@@ -104,13 +108,18 @@ impl IssuerConfig {
 
     /// The validation for one pinned algorithm.
     pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
-        self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+        self.validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
     }
 }
 
 fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, IssuerError> {
     if names.is_empty() {
-        return Err(IssuerError::Algorithms("at least one algorithm must be pinned".into()));
+        return Err(IssuerError::Algorithms(
+            "at least one algorithm must be pinned".into(),
+        ));
     }
     let mut algorithms = Vec::new();
     for name in names {
@@ -219,7 +228,10 @@ mod tests {
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","leeway_seconds":9999}),
         ];
         for case in cases {
-            assert!(IssuerConfig::from_json("x", &case, Some(&dir)).is_err(), "{case}");
+            assert!(
+                IssuerConfig::from_json("x", &case, Some(&dir)).is_err(),
+                "{case}"
+            );
         }
     }
 

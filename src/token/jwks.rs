@@ -65,7 +65,10 @@ pub fn read_jwks_file(path: &Path) -> Result<Value, KeyError> {
 
 /// Keys of a JWKS usable with `pinned`. Keys for encryption, symmetric (`oct`) keys and keys
 /// too weak to trust are refused: a JWKS must only carry public signing keys.
-pub fn keys_from_jwks(jwks: &Value, pinned: &[Algorithm]) -> Result<Vec<VerificationKey>, KeyError> {
+pub fn keys_from_jwks(
+    jwks: &Value,
+    pinned: &[Algorithm],
+) -> Result<Vec<VerificationKey>, KeyError> {
     let keys = jwks
         .get("keys")
         .and_then(Value::as_array)
@@ -113,7 +116,9 @@ fn key_from_jwk(jwk: &Jwk, pinned: &[Algorithm]) -> Result<Option<VerificationKe
             _ => return Err("unsupported OKP curve (Ed25519 is supported)".into()),
         },
         AlgorithmParameters::OctetKey(_) => {
-            return Err("symmetric (oct) keys are not accepted in a JWKS; use hmac_secret_file".into())
+            return Err(
+                "symmetric (oct) keys are not accepted in a JWKS; use hmac_secret_file".into(),
+            )
         }
         _ => return Err("unsupported key type".into()),
     };
@@ -139,7 +144,10 @@ fn key_from_jwk(jwk: &Jwk, pinned: &[Algorithm]) -> Result<Option<VerificationKe
 }
 
 /// An HMAC key from a secret file (trailing whitespace trimmed), for the pinned HS algorithms.
-pub fn key_from_secret_file(path: &Path, pinned: &[Algorithm]) -> Result<VerificationKey, KeyError> {
+pub fn key_from_secret_file(
+    path: &Path,
+    pinned: &[Algorithm],
+) -> Result<VerificationKey, KeyError> {
     let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
         path: path.display().to_string(),
         source,
@@ -185,7 +193,10 @@ mod tests {
         let keys = keys_from_jwks(&demo_jwks(), &all).unwrap();
         let by_kid = |kid: &str| keys.iter().find(|k| k.kid.as_deref() == Some(kid)).unwrap();
         // The demo RSA key declares no alg: every pinned RSA algorithm may use it.
-        assert_eq!(by_kid("demo-rsa-1").algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
+        assert_eq!(
+            by_kid("demo-rsa-1").algorithms,
+            vec![Algorithm::RS256, Algorithm::PS256]
+        );
         // The EC keys declare their alg; a declared alg narrows what a key may be used for.
         assert_eq!(by_kid("demo-ec-p256-1").algorithms, vec![Algorithm::ES256]);
         assert_eq!(by_kid("demo-ec-p384-1").algorithms, vec![Algorithm::ES384]);

@@ -9,7 +9,8 @@ use etcd_client::Client;
 
 use super::{free_port, wait_until};
 
-const INSTALL_HINT: &str = "etcd is required for this test: run `scripts/test-all.sh` (installs it), \
+const INSTALL_HINT: &str =
+    "etcd is required for this test: run `scripts/test-all.sh` (installs it), \
      or `apt-get install etcd-server etcd-client` on Debian";
 
 pub fn etcd_binary() -> PathBuf {
@@ -68,7 +69,11 @@ impl EtcdServer {
     }
 
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -79,23 +84,37 @@ impl EtcdServer {
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(etcd_binary());
-        cmd.arg("--name").arg("test")
-            .arg("--data-dir").arg(self.data_dir.path())
-            .arg("--listen-client-urls").arg(&client_url)
-            .arg("--advertise-client-urls").arg(&client_url)
-            .arg("--listen-peer-urls").arg(&peer_url)
-            .arg("--initial-advertise-peer-urls").arg(&peer_url)
-            .arg("--initial-cluster").arg(format!("test={peer_url}"))
-            .arg("--log-level").arg("error")
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("test={peer_url}"))
+            .arg("--log-level")
+            .arg("error")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(tls) = &self.tls {
-            cmd.arg("--cert-file").arg(&tls.server_cert)
-                .arg("--key-file").arg(&tls.server_key)
-                .arg("--trusted-ca-file").arg(&tls.ca_file)
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca_file)
                 .arg("--client-cert-auth");
         }
-        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start etcd ({e}); {INSTALL_HINT}")));
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start etcd ({e}); {INSTALL_HINT}")),
+        );
         if self.tls.is_none() {
             let endpoint = self.endpoint();
             wait_until("etcd answers", Duration::from_secs(30), || {
@@ -111,7 +130,9 @@ impl EtcdServer {
         } else {
             let port = self.client_port;
             wait_until("etcd listens", Duration::from_secs(30), || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
             })
             .await;
         }
@@ -133,7 +154,9 @@ impl EtcdServer {
 
     /// A plain client (no TLS).
     pub async fn client(&self) -> Client {
-        Client::connect([self.endpoint()], None).await.expect("etcd client connects")
+        Client::connect([self.endpoint()], None)
+            .await
+            .expect("etcd client connects")
     }
 }
 

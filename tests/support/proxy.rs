@@ -21,14 +21,18 @@ impl CuttableProxy {
         let state = connected.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { return };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if !*state.borrow() {
                     drop(inbound);
                     continue;
                 }
                 let mut cut = state.subscribe();
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
                     tokio::select! {
@@ -39,7 +43,11 @@ impl CuttableProxy {
                 });
             }
         });
-        CuttableProxy { addr, connected, task }
+        CuttableProxy {
+            addr,
+            connected,
+            task,
+        }
     }
 
     pub fn endpoint(&self) -> String {

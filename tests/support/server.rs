@@ -28,7 +28,13 @@ pub struct Answer {
 impl Answer {
     pub fn from_response(response: CheckResponse) -> Answer {
         let grpc_code = response.status.as_ref().map_or(-1, |s| s.code);
-        let mut answer = Answer { status: 0, grpc_code, headers: HashMap::new(), removed: vec![], body: String::new() };
+        let mut answer = Answer {
+            status: 0,
+            grpc_code,
+            headers: HashMap::new(),
+            removed: vec![],
+            body: String::new(),
+        };
         match response.http_response {
             Some(HttpResponse::OkResponse(ok)) => {
                 answer.status = 200;
@@ -61,7 +67,12 @@ impl Answer {
 }
 
 /// Builds a CheckRequest as Envoy would send it.
-pub fn check_request(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+pub fn check_request(
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -69,7 +80,10 @@ pub fn check_request(method: &str, host: &str, path: &str, headers: &[(&str, &st
                     method: method.into(),
                     host: host.into(),
                     path: path.into(),
-                    headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -81,7 +95,14 @@ pub fn check_request(method: &str, host: &str, path: &str, headers: &[(&str, &st
 
 /// Parses `serve` flags as the binary would.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["scopegate", "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let mut argv = vec![
+        "scopegate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
     argv.extend_from_slice(extra);
     match Cli::parse_from(argv).command {
         Command::Serve(args) => *args,
@@ -106,22 +127,42 @@ impl TestServer {
         let path = rules_path.to_str().unwrap().to_string();
         let mut flags = vec!["--rules", path.as_str(), "--rules-poll-interval", "200ms"];
         flags.extend_from_slice(extra);
-        let app = app::start(&serve_args(&flags)).await.expect("scopegate starts");
+        let app = app::start(&serve_args(&flags))
+            .await
+            .expect("scopegate starts");
         let client = connect(app.grpc_addr).await;
-        TestServer { app, client, dir, rules_path }
+        TestServer {
+            app,
+            client,
+            dir,
+            rules_path,
+        }
     }
 
-    pub async fn check(&mut self, method: &str, host: &str, path: &str, token: Option<&str>) -> Answer {
+    pub async fn check(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Answer {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![];
         if let Some(a) = auth.as_deref() {
             headers.push(("authorization", a));
         }
-        self.check_with(check_request(method, host, path, &headers)).await
+        self.check_with(check_request(method, host, path, &headers))
+            .await
     }
 
     pub async fn check_with(&mut self, request: CheckRequest) -> Answer {
-        Answer::from_response(self.client.check(request).await.expect("Check succeeds").into_inner())
+        Answer::from_response(
+            self.client
+                .check(request)
+                .await
+                .expect("Check succeeds")
+                .into_inner(),
+        )
     }
 
     pub async fn admin_get(&self, path: &str) -> String {
@@ -130,15 +171,23 @@ impl TestServer {
 }
 
 pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationClient<Channel> {
-    AuthorizationClient::connect(format!("http://{addr}")).await.expect("gRPC connect")
+    AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("gRPC connect")
 }
 
 /// A minimal HTTP/1.0 GET (admin endpoints), returning the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

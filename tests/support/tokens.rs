@@ -11,7 +11,10 @@ pub const ISSUER: &str = "https://idp.test/";
 pub const AUDIENCE: &str = "orders-api";
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn key_file(name: &str) -> Vec<u8> {
@@ -21,13 +24,31 @@ fn key_file(name: &str) -> Vec<u8> {
 /// The demo private key and kid for an algorithm.
 pub fn demo_key(alg: Algorithm) -> (EncodingKey, &'static str) {
     match alg {
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-            (EncodingKey::from_rsa_pem(&key_file("demo-rs256.key.pem")).unwrap(), "demo-rsa-1")
-        }
-        Algorithm::ES256 => (EncodingKey::from_ec_pem(&key_file("demo-es256.key.pem")).unwrap(), "demo-ec-p256-1"),
-        Algorithm::ES384 => (EncodingKey::from_ec_pem(&key_file("demo-es384.key.pem")).unwrap(), "demo-ec-p384-1"),
-        Algorithm::EdDSA => (EncodingKey::from_ed_pem(&key_file("demo-eddsa.key.pem")).unwrap(), "demo-ed25519-1"),
-        _ => (EncodingKey::from_secret(&key_file("demo-hs256.secret").trim_ascii_end().to_vec()), "hs"),
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => (
+            EncodingKey::from_rsa_pem(&key_file("demo-rs256.key.pem")).unwrap(),
+            "demo-rsa-1",
+        ),
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(&key_file("demo-es256.key.pem")).unwrap(),
+            "demo-ec-p256-1",
+        ),
+        Algorithm::ES384 => (
+            EncodingKey::from_ec_pem(&key_file("demo-es384.key.pem")).unwrap(),
+            "demo-ec-p384-1",
+        ),
+        Algorithm::EdDSA => (
+            EncodingKey::from_ed_pem(&key_file("demo-eddsa.key.pem")).unwrap(),
+            "demo-ed25519-1",
+        ),
+        _ => (
+            EncodingKey::from_secret(key_file("demo-hs256.secret").trim_ascii_end()),
+            "hs",
+        ),
     }
 }
 
