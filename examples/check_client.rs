@@ -31,7 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let mut headers = HashMap::new();
     if let Some(token) = std::env::var("TOKEN").ok().filter(|t| !t.trim().is_empty()) {
-        headers.insert("authorization".to_string(), format!("Bearer {}", token.trim()));
+        headers.insert(
+            "authorization".to_string(),
+            format!("Bearer {}", token.trim()),
+        );
     }
     let request = CheckRequest {
         attributes: Some(AttributeContext {

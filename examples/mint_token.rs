@@ -57,7 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Algorithm::EdDSA => ("demo-eddsa.key.pem", "demo-ed25519-1"),
         _ => ("demo-rs256.key.pem", "demo-rsa-1"),
     };
-    let key_path = args.key.unwrap_or_else(|| format!("{keys}/{demo_key}").into());
+    let key_path = args
+        .key
+        .unwrap_or_else(|| format!("{keys}/{demo_key}").into());
     let pem = std::fs::read(&key_path)?;
     let key = match alg {
         Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem)?,

@@ -10,7 +10,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
@@ -152,7 +152,9 @@ pub async fn start(args: &ServeArgs) -> Result<RunningApp, AppError> {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(AuthorizationServer::new(service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            // A custom incoming stream does not inherit the builder's TCP settings: without
+            // TCP_NODELAY every Check waits ~40 ms for a delayed ACK (Nagle).
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                 let _ = rx.await;
             }),
     );

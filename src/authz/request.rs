@@ -180,6 +180,10 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     if !path.starts_with('/') {
         return Err(RequestError::PathNotAbsolute);
     }
+    if is_already_normal(path) {
+        let trimmed = path.trim_end_matches('/');
+        return Ok(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() });
+    }
     let mut out: Vec<String> = Vec::new();
     for raw_segment in path.split('/') {
         let segment = decode_segment(raw_segment)?;
@@ -205,6 +209,14 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
         normalised.push('/');
     }
     Ok(normalised)
+}
+
+/// Fast path for the common case: nothing to decode, resolve or refuse.
+fn is_already_normal(path: &str) -> bool {
+    let plain = path
+        .bytes()
+        .all(|b| b >= 0x20 && b != 0x7F && !matches!(b, b'%' | b'\\' | b';'));
+    plain && !path.contains("//") && path.split('/').all(|s| s != "." && s != "..")
 }
 
 /// The bearer token in an `Authorization` header value (RFC 6750 §2.1).
