@@ -154,9 +154,12 @@ pub async fn start(args: &ServeArgs) -> Result<RunningApp, AppError> {
             .add_service(AuthorizationServer::new(service))
             // A custom incoming stream does not inherit the builder's TCP settings: without
             // TCP_NODELAY every Check waits ~40 ms for a delayed ACK (Nagle).
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-                let _ = rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = rx.await;
+                },
+            ),
     );
     tracing::info!(%grpc_addr, %admin_addr, "scopegate listening");
     Ok(RunningApp {

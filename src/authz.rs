@@ -283,3 +283,141 @@ pub fn is_revoked(snapshot: &Snapshot, claims: &Claims) -> bool {
         || before(claims.sub.as_ref().and_then(|s| r.subjects.get(s)))
         || before(claims.client_id.as_ref().and_then(|c| r.clients.get(c)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Entry, EntryKind, ParseContext, RuleSet};
+    use serde_json::json;
+
+    fn snapshot() -> Snapshot {
+        let mut set = RuleSet::default();
+        let ctx = ParseContext { base_dir: None };
+        let mut add = |kind, id: &str, value: serde_json::Value| {
+            set.insert(id, Entry::parse(kind, id, &value, ctx).unwrap());
+        };
+        add(
+            EntryKind::Route,
+            "read",
+            json!({"host":"api.test","path":"/r/{id}","require":{"all":["r:read"]}}),
+        );
+        add(
+            EntryKind::Route,
+            "any",
+            json!({"host":"api.test","path":"/any","require":{"any":["a","b"]}}),
+        );
+        add(
+            EntryKind::Route,
+            "open",
+            json!({"host":"*","path":"/open","require":{"public":true}}),
+        );
+        add(
+            EntryKind::Route,
+            "dry",
+            json!({"host":"api.test","path":"/dry","require":{"all":["x"]},"mode":"dry_run"}),
+        );
+        add(
+            EntryKind::RevokedSubject,
+            "gone",
+            json!({"issued_before": 100}),
+        );
+        Snapshot::build(set, 1, None)
+    }
+
+    fn claims(sub: &str, scopes: &[&str], iat: i64) -> Credential {
+        Credential::Valid(Arc::new(Claims {
+            iss: "i".into(),
+            sub: Some(sub.into()),
+            client_id: None,
+            jti: None,
+            iat: Some(iat),
+            exp: i64::MAX,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    fn run(path: &str, credential: Credential) -> Decision {
+        let request = Request::new("api.test", "GET", path).unwrap();
+        decide(&snapshot(), &request, || credential)
+    }
+
+    fn denial(d: &Decision) -> (u16, Reason, Option<String>) {
+        match &d.verdict {
+            Verdict::Deny(x) => (x.status as u16, x.reason, x.challenge.header_value("r")),
+            Verdict::Allow { .. } => panic!("expected a denial, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn each_denial_has_its_status_and_challenge() {
+        let cases = [
+            ("/r/1", Credential::Absent, 401, Reason::MissingCredential, Some(r#"Bearer realm="r""#.to_string())),
+            (
+                "/r/1",
+                Credential::Malformed,
+                400,
+                Reason::InvalidRequest,
+                Some(r#"Bearer realm="r", error="invalid_request", error_description="The Authorization header is malformed""#.into()),
+            ),
+            (
+                "/r/1",
+                Credential::Invalid(TokenError::Expired),
+                401,
+                Reason::TokenExpired,
+                Some(r#"Bearer realm="r", error="invalid_token", error_description="The access token expired""#.into()),
+            ),
+            (
+                "/r/1",
+                claims("gone", &["r:read"], 50),
+                401,
+                Reason::TokenRevoked,
+                Some(r#"Bearer realm="r", error="invalid_token", error_description="The access token has been revoked""#.into()),
+            ),
+            (
+                "/any",
+                claims("alice", &["c"], 500),
+                403,
+                Reason::InsufficientScope,
+                Some(r#"Bearer realm="r", error="insufficient_scope", error_description="The access token lacks a required scope", scope="a b""#.into()),
+            ),
+            ("/nothing", claims("alice", &["r:read"], 500), 403, Reason::NoRule, None),
+        ];
+        for (path, credential, status, reason, challenge) in cases {
+            let d = run(path, credential);
+            assert_eq!(denial(&d), (status, reason, challenge), "{path}");
+        }
+    }
+
+    #[test]
+    fn allows_and_their_reasons() {
+        let d = run("/r/1", claims("alice", &["r:read"], 500));
+        assert_eq!(d.reason(), Reason::Allowed);
+        assert_eq!(d.rule.as_ref().unwrap().id, "read");
+        // Revocation is by issue time: a token issued after the cutoff is fine.
+        assert!(run("/r/1", claims("gone", &["r:read"], 100)).is_allow());
+        let d = run("/open", Credential::Absent);
+        assert_eq!(d.reason(), Reason::Public);
+        let d = run("/dry", claims("alice", &[], 500));
+        assert!(matches!(
+            d.verdict,
+            Verdict::Allow {
+                reason: Reason::DryRun,
+                would_deny: Some(Reason::InsufficientScope)
+            }
+        ));
+    }
+
+    #[test]
+    fn public_and_unrouted_requests_never_look_at_the_token() {
+        let request = Request::new("api.test", "GET", "/open").unwrap();
+        let d = decide(&snapshot(), &request, || {
+            panic!("credential must not be evaluated")
+        });
+        assert!(d.is_allow());
+        let request = Request::new("api.test", "GET", "/nothing").unwrap();
+        let d = decide(&snapshot(), &request, || {
+            panic!("credential must not be evaluated")
+        });
+        assert_eq!(d.reason(), Reason::NoRule);
+    }
+}

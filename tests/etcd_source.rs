@@ -645,3 +645,58 @@ async fn user_and_password_auth() {
         );
     }
 }
+
+#[tokio::test]
+async fn fails_over_across_endpoints_and_survives_leader_loss() {
+    let mut cluster = support::etcd::EtcdCluster::start(3).await;
+    let mut kv = Client::connect(cluster.endpoints(), None).await.unwrap();
+    seed(&mut kv).await;
+    // The first endpoint is dead from the start: the others serve.
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let endpoints = format!("{dead},{}", cluster.endpoints().join(","));
+    let app = start_scopegate(&endpoints, &[]).await;
+    let t = token("alice", "orders:read");
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&t),
+        200,
+        "loaded through the live endpoints",
+    )
+    .await;
+
+    // Kill the leader (SIGKILL): the remaining two elect a new one; writes keep flowing to us.
+    let leader = cluster.leader().await;
+    cluster.members[leader].kill();
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .status,
+        200,
+        "serves from the snapshot meanwhile"
+    );
+    cluster.wait_healthy().await;
+    let live: Vec<String> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, m)| m.endpoint())
+        .collect();
+    let mut kv = Client::connect(live, None).await.unwrap();
+    kv.put(
+        format!("{P}routes/after-election"),
+        route("/after-election", &["orders:read"]),
+        None,
+    )
+    .await
+    .unwrap();
+    until_status(
+        &app,
+        "/after-election",
+        Some(&t),
+        200,
+        "write after leader loss applies",
+    )
+    .await;
+}

@@ -182,7 +182,11 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     }
     if is_already_normal(path) {
         let trimmed = path.trim_end_matches('/');
-        return Ok(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() });
+        return Ok(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        });
     }
     let mut out: Vec<String> = Vec::new();
     for raw_segment in path.split('/') {

@@ -146,6 +146,8 @@ pub struct EtcdSource {
     revision: i64,
     /// Set when the watch found its start revision compacted.
     needs_reload: bool,
+    /// Index of the endpoint the next session uses; advanced after every failure.
+    endpoint: usize,
 }
 
 impl EtcdSource {
@@ -157,35 +159,52 @@ impl EtcdSource {
             rules: RuleSet::default(),
             revision: 0,
             needs_reload: true,
+            endpoint: 0,
         }
     }
 
-    /// Runs until the task is dropped: load, watch, and on any error reconnect with backoff.
+    /// Runs until the task is dropped: load, watch, and on any error fail over to the next
+    /// endpoint at once; after a full round of failed endpoints, wait (exponential backoff).
     pub async fn run(mut self) {
         let mut backoff = self.settings.backoff_min;
+        let mut failures = 0usize;
         loop {
-            let outcome = self.session(&mut backoff).await;
+            let count = self.settings.endpoints.len();
+            let endpoint = self.settings.endpoints[self.endpoint % count].clone();
+            let outcome = self.session(&endpoint, &mut backoff, &mut failures).await;
             if let Err(e) = outcome {
                 self.metrics.watch_restarts.inc();
+                self.endpoint = self.endpoint.wrapping_add(1);
+                failures += 1;
+                let full_round = failures.is_multiple_of(count);
                 tracing::warn!(
+                    %endpoint,
                     error = %e,
                     applied_revision = self.revision,
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = if full_round { backoff.as_millis() as u64 } else { 0 },
                     "etcd session lost; serving the last snapshot and reconnecting"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(self.settings.backoff_max);
+                if full_round {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                }
             }
         }
     }
 
-    /// One connection: (re)load if needed, then watch until something breaks.
-    async fn session(&mut self, backoff: &mut Duration) -> Result<(), EtcdError> {
-        let mut client = Client::connect(
-            &self.settings.endpoints,
-            Some(self.settings.connect_options()),
-        )
-        .await?;
+    /// One connection to one endpoint: (re)load if needed, then watch until something breaks.
+    /// One endpoint per session, rotated on failure, so the member that just failed us (down,
+    /// or cut off from its leader) is not the one the next attempt goes to.
+    async fn session(
+        &mut self,
+        endpoint: &str,
+        backoff: &mut Duration,
+        failures: &mut usize,
+    ) -> Result<(), EtcdError> {
+        let options = Some(self.settings.connect_options());
+        tracing::debug!(endpoint, "connecting to etcd");
+        let mut client = Client::connect([endpoint], options).await?;
+        tracing::debug!(endpoint, needs_reload = self.needs_reload, "connected");
         if self.needs_reload {
             self.load(&mut client).await?;
         }
@@ -196,6 +215,7 @@ impl EtcdSource {
         let mut stream = client
             .watch(self.settings.prefix.as_str(), Some(options))
             .await?;
+        tracing::debug!(endpoint, from = self.revision + 1, "watching");
         let mut progress = tokio::time::interval(self.settings.progress_interval);
         loop {
             tokio::select! {
@@ -203,6 +223,7 @@ impl EtcdSource {
                     let response = message?.ok_or(EtcdError::StreamEnded)?;
                     if response.created() {
                         *backoff = self.settings.backoff_min;
+                        *failures = 0;
                         self.store.confirm();
                     }
                     if !self.handle(response)? {

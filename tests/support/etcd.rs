@@ -33,6 +33,9 @@ pub struct EtcdTls {
 pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
+    name: String,
+    /// `name=peer_url,…` for a multi-member cluster; `None` for a single member.
+    initial_cluster: Option<String>,
     pub data_dir: tempfile::TempDir,
     child: Option<Child>,
     tls: Option<EtcdTls>,
@@ -48,6 +51,8 @@ impl EtcdServer {
         let mut server = EtcdServer {
             client_port,
             peer_port: free_port(),
+            name: "test".into(),
+            initial_cluster: None,
             data_dir: tempfile::tempdir().unwrap(),
             child: None,
             tls: None,
@@ -60,6 +65,8 @@ impl EtcdServer {
         let mut server = EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
+            name: "test".into(),
+            initial_cluster: None,
             data_dir: tempfile::tempdir().unwrap(),
             child: None,
             tls,
@@ -84,8 +91,12 @@ impl EtcdServer {
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(etcd_binary());
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or(format!("{}={peer_url}", self.name));
         cmd.arg("--name")
-            .arg("test")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .arg("--listen-client-urls")
@@ -97,7 +108,7 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("test={peer_url}"))
+            .arg(initial_cluster)
             .arg("--log-level")
             .arg("error")
             .stdout(Stdio::null())
@@ -115,6 +126,9 @@ impl EtcdServer {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot start etcd ({e}); {INSTALL_HINT}")),
         );
+        if self.initial_cluster.is_some() {
+            return; // members of a cluster answer only once a quorum is up: see EtcdCluster
+        }
         if self.tls.is_none() {
             let endpoint = self.endpoint();
             wait_until("etcd answers", Duration::from_secs(30), || {
@@ -163,5 +177,90 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A multi-member etcd cluster on loopback (for leader loss).
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    pub async fn start(size: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client_port, peer_port)) in ports.into_iter().enumerate() {
+            let mut member = EtcdServer {
+                client_port,
+                peer_port,
+                name: format!("m{i}"),
+                initial_cluster: Some(initial.clone()),
+                data_dir: tempfile::tempdir().unwrap(),
+                child: None,
+                tls: None,
+            };
+            member.spawn().await;
+            members.push(member);
+        }
+        let cluster = EtcdCluster { members };
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdServer::endpoint).collect()
+    }
+
+    /// Waits until every live member answers and a write succeeds (a leader exists).
+    pub async fn wait_healthy(&self) {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(EtcdServer::endpoint)
+            .collect();
+        wait_until(
+            "etcd cluster has a leader and every live member answers",
+            Duration::from_secs(60),
+            || {
+                let endpoints = endpoints.clone();
+                async move {
+                    for endpoint in &endpoints {
+                        let Ok(mut c) = Client::connect([endpoint], None).await else {
+                            return false;
+                        };
+                        if c.status().await.is_err() {
+                            return false;
+                        }
+                    }
+                    match Client::connect([&endpoints[0]], None).await {
+                        Ok(mut c) => c.put("/health-probe", "x", None).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Index of the current leader.
+    pub async fn leader(&self) -> usize {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for m in &self.members {
+            let mut c = Client::connect([m.endpoint()], None).await.unwrap();
+            let status = c.status().await.expect("member answers status");
+            leader = Some(status.leader());
+            ids.push(status.header().map(|h| h.member_id()));
+        }
+        ids.iter()
+            .position(|id| *id == leader)
+            .expect("no member is the leader")
     }
 }
