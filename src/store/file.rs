@@ -105,6 +105,7 @@ impl FileSource {
     /// Watches the file until the task is dropped. `poll` is the fallback re-read interval.
     pub async fn watch(mut self, poll: Duration) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
+        // Held for as long as this task runs: dropping it stops the notifications.
         let _watcher = self.start_notify(tx);
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,8 +119,6 @@ impl FileSource {
             }
             self.reload_if_changed();
         }
-        #[allow(unreachable_code)]
-        drop(_watcher);
     }
 
     fn start_notify(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
