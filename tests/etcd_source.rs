@@ -25,27 +25,30 @@ fn route(path: &str, scopes: &[&str]) -> String {
         .to_string()
 }
 
+/// Puts `<prefix><key>` and returns the revision of the write.
+async fn put(kv: &mut Client, key: &str, value: impl Into<Vec<u8>>) -> i64 {
+    let response = kv.put(format!("{P}{key}"), value, None).await.unwrap();
+    response.header().unwrap().revision()
+}
+
+async fn delete(kv: &mut Client, key: &str) {
+    kv.delete(format!("{P}{key}"), None).await.unwrap();
+}
+
 async fn seed(client: &mut Client) {
-    client
-        .put(format!("{P}issuers/test"), tokens::issuer_json(), None)
-        .await
-        .unwrap();
-    client
-        .put(
-            format!("{P}routes/orders"),
-            route("/orders/{id}", &["orders:read"]),
-            None,
-        )
-        .await
-        .unwrap();
-    client
-        .put(
-            format!("{P}routes/health"),
-            r#"{"host":"*","path":"/healthz","require":{"public":true}}"#,
-            None,
-        )
-        .await
-        .unwrap();
+    put(client, "issuers/test", tokens::issuer_json()).await;
+    put(
+        client,
+        "routes/orders",
+        route("/orders/{id}", &["orders:read"]),
+    )
+    .await;
+    put(
+        client,
+        "routes/health",
+        r#"{"host":"*","path":"/healthz","require":{"public":true}}"#,
+    )
+    .await;
 }
 
 async fn start_scopegate(endpoint: &str, extra: &[&str]) -> RunningApp {
@@ -99,13 +102,12 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
         403
     );
 
-    kv.put(
-        format!("{P}scopes/orders:read"),
+    put(
+        &mut kv,
+        "scopes/orders:read",
         r#"{"aliases":["read:orders"]}"#,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     until_status(&app, "/orders/1", Some(&t), 200, "scope alias applies").await;
 
     // Revocation by jti applies to the next request, although the claims are cached.
@@ -118,13 +120,7 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
             .status,
         200
     );
-    kv.put(
-        format!("{P}revoked/jti/jti-1"),
-        r#"{"reason":"leaked"}"#,
-        None,
-    )
-    .await
-    .unwrap();
+    put(&mut kv, "revoked/jti/jti-1", r#"{"reason":"leaked"}"#).await;
     until_status(
         &app,
         "/orders/1",
@@ -133,9 +129,7 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
         "jti revocation applies",
     )
     .await;
-    kv.delete(format!("{P}revoked/jti/jti-1"), None)
-        .await
-        .unwrap();
+    delete(&mut kv, "revoked/jti/jti-1").await;
     until_status(
         &app,
         "/orders/1",
@@ -146,13 +140,12 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
     .await;
 
     let cutoff = tokens::now() + 10;
-    kv.put(
-        format!("{P}revoked/sub/alice"),
+    put(
+        &mut kv,
+        "revoked/sub/alice",
         format!(r#"{{"issued_before":{cutoff}}}"#),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     until_status(
         &app,
         "/orders/1",
@@ -172,13 +165,12 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
         .status,
         200
     );
-    kv.put(
-        format!("{P}revoked/client/test-client"),
+    put(
+        &mut kv,
+        "revoked/client/test-client",
         format!(r#"{{"issued_before":{cutoff}}}"#),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     until_status(
         &app,
         "/orders/1",
@@ -195,18 +187,17 @@ async fn initial_load_then_every_key_kind_flips_the_decision() {
     .unwrap();
     until_status(&app, "/orders/1", Some(&t), 200, "revocations removed").await;
 
-    kv.delete(format!("{P}routes/orders"), None).await.unwrap();
+    delete(&mut kv, "routes/orders").await;
     until_status(&app, "/orders/1", Some(&t), 403, "route delete applies").await;
-    kv.put(
-        format!("{P}routes/orders"),
+    put(
+        &mut kv,
+        "routes/orders",
         route("/orders/{id}", &["orders:read"]),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     until_status(&app, "/orders/1", Some(&t), 200, "route put applies").await;
 
-    kv.delete(format!("{P}issuers/test"), None).await.unwrap();
+    delete(&mut kv, "issuers/test").await;
     until_status(
         &app,
         "/orders/1",
@@ -373,20 +364,13 @@ async fn a_bad_value_is_rejected_for_its_key_alone() {
     let status = http_get(app.admin_addr, "/status").await;
     assert!(status.contains("/scopegate/routes/orders"), "{status}");
     // An invalid route shape is rejected the same way.
-    kv.put(
-        format!("{P}routes/orders"),
+    put(
+        &mut kv,
+        "routes/orders",
         route("no-slash", &["orders:read"]),
-        None,
     )
-    .await
-    .unwrap();
-    kv.put(
-        format!("{P}routes/marker"),
-        route("/marker", &["orders:read"]),
-        None,
-    )
-    .await
-    .unwrap();
+    .await;
+    put(&mut kv, "routes/marker", route("/marker", &["orders:read"])).await;
     until_status(&app, "/marker", Some(&t), 200, "later revision applies").await;
     assert_eq!(
         ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
@@ -414,15 +398,8 @@ async fn survives_etcd_crash_and_applies_writes_after_restart() {
         );
     }
     etcd.restart().await;
-    etcd.client()
-        .await
-        .put(
-            format!("{P}routes/after"),
-            route("/after", &["orders:read"]),
-            None,
-        )
-        .await
-        .unwrap();
+    let mut kv = etcd.client().await;
+    put(&mut kv, "routes/after", route("/after", &["orders:read"])).await;
     until_status(&app, "/after", Some(&t), 200, "write after restart applies").await;
     let metrics = http_get(app.admin_addr, "/metrics").await;
     assert!(
@@ -436,13 +413,7 @@ async fn compaction_while_disconnected_triggers_a_full_reload() {
     let etcd = EtcdServer::start().await;
     let mut kv = etcd.client().await;
     seed(&mut kv).await;
-    kv.put(
-        format!("{P}routes/doomed"),
-        route("/doomed", &["orders:read"]),
-        None,
-    )
-    .await
-    .unwrap();
+    put(&mut kv, "routes/doomed", route("/doomed", &["orders:read"])).await;
     let proxy =
         CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
     let app = start_scopegate(&proxy.endpoint(), &[]).await;
@@ -451,23 +422,9 @@ async fn compaction_while_disconnected_triggers_a_full_reload() {
     let applied = app.store.current().unwrap().revision;
 
     proxy.cut();
-    kv.delete(format!("{P}routes/doomed"), None).await.unwrap();
-    kv.put(
-        format!("{P}routes/born"),
-        route("/born", &["orders:read"]),
-        None,
-    )
-    .await
-    .unwrap();
-    let head = kv
-        .put(
-            format!("{P}routes/born"),
-            route("/born", &["orders:read"]),
-            None,
-        )
-        .await
-        .unwrap();
-    let revision = head.header().unwrap().revision();
+    delete(&mut kv, "routes/doomed").await;
+    put(&mut kv, "routes/born", route("/born", &["orders:read"])).await;
+    let revision = put(&mut kv, "routes/born", route("/born", &["orders:read"])).await;
     kv.compact(revision, None).await.unwrap();
     assert!(revision > applied + 1);
     proxy.restore();
@@ -684,13 +641,12 @@ async fn fails_over_across_endpoints_and_survives_leader_loss() {
         .map(|(_, m)| m.endpoint())
         .collect();
     let mut kv = Client::connect(live, None).await.unwrap();
-    kv.put(
-        format!("{P}routes/after-election"),
+    put(
+        &mut kv,
+        "routes/after-election",
         route("/after-election", &["orders:read"]),
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     until_status(
         &app,
         "/after-election",
