@@ -43,7 +43,7 @@ fn token(alg: Algorithm) -> String {
     encode(&header, &claims, &key).unwrap()
 }
 
-fn service(cache_ttl: Duration) -> AuthorizationService {
+fn service(cache_ttl: Duration, decision_log: DecisionLogMode) -> AuthorizationService {
     let rules = document::load_file(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/rules.yaml"
@@ -52,7 +52,7 @@ fn service(cache_ttl: Duration) -> AuthorizationService {
     let store = SnapshotStore::new();
     store.publish(Snapshot::build(rules, 1, None));
     let settings = CheckSettings {
-        decision_log: DecisionLogMode::Off,
+        decision_log,
         ..CheckSettings::default()
     };
     let checker = Checker::new(
@@ -93,7 +93,7 @@ fn bench_check(c: &mut Criterion) {
             ("cached", Duration::from_secs(300)),
             ("uncached", Duration::ZERO),
         ] {
-            let svc = service(ttl);
+            let svc = service(ttl, DecisionLogMode::Off);
             let first = svc.check_request(&req);
             assert_eq!(
                 first.status.as_ref().unwrap().code,
@@ -108,5 +108,21 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_check);
+/// The decision log's cost: the same cached RS256 check with one JSON line per decision,
+/// formatted by the real subscriber and written to a sink (no I/O).
+fn bench_decision_log(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::sink)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let svc = service(Duration::from_secs(300), DecisionLogMode::All);
+    let req = request(&token(Algorithm::RS256));
+    c.bench_function("check_handler/RS256/cached+decision_log", |b| {
+        b.iter(|| svc.check_request(&req))
+    });
+}
+
+criterion_group!(benches, bench_check, bench_decision_log);
 criterion_main!(benches);
