@@ -162,28 +162,6 @@ impl Envoy {
     ) -> HttpResponse {
         http_request(self.addr, method, path, headers).await
     }
-
-    /// A counter or gauge from the admin `/stats` endpoint (0 when absent).
-    pub async fn stat(&self, name: &str) -> u64 {
-        let stats = http_request(
-            self.admin_addr,
-            "GET",
-            &format!("/stats?filter=^{name}$"),
-            &[],
-        )
-        .await;
-        stats
-            .body
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    }
 }
 
 impl Drop for Envoy {
@@ -406,13 +384,15 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        while find(&buffer, b"\r\n\r\n").is_none() {
+        let split = loop {
+            if let Some(split) = find(&buffer, b"\r\n\r\n") {
+                break split;
+            }
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             }
-        }
-        let split = find(&buffer, b"\r\n\r\n").unwrap_or(0);
+        };
         let head = String::from_utf8_lossy(&buffer[..split]).into_owned();
         let mut lines = head.split("\r\n");
         let mut start = lines.next().unwrap_or("").split(' ');
