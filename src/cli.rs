@@ -122,6 +122,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SCOPEGATE_RULES_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
     pub rules_poll_interval: Duration,
 
+    /// Runtime worker threads (default: one per CPU). 1 suits a sidecar with a 1-CPU limit.
+    #[arg(long, env = "SCOPEGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// How long in-flight checks may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,

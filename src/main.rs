@@ -6,18 +6,28 @@ use clap::Parser;
 use scopegate::cli::{Cli, Command, RulesCommand};
 use scopegate::rules::document;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => serve(*args),
         Command::Rules(RulesCommand::Validate { file }) => validate(&file),
     }
 }
 
-async fn serve(args: scopegate::cli::ServeArgs) -> ExitCode {
-    scopegate::telemetry::init_tracing(args.log_format);
-    match scopegate::app::run(args, shutdown_signal()).await {
+fn serve(args: scopegate::cli::ServeArgs) -> ExitCode {
+    let _flush_logs_on_exit = scopegate::telemetry::init_tracing(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("scopegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scopegate::app::run(args, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "scopegate stopped");
