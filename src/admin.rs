@@ -25,13 +25,7 @@ pub struct AdminState {
 impl AdminState {
     /// Ready: a snapshot is loaded and not older than allowed.
     pub fn is_ready(&self) -> bool {
-        let loaded = self.store.current().is_some();
-        let fresh = match (self.max_staleness, self.store.age()) {
-            (Some(max), Some(age)) => age <= max,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        loaded && fresh
+        self.store.current().is_some() && !self.store.is_stale(self.max_staleness)
     }
 }
 

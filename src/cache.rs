@@ -89,10 +89,6 @@ impl ClaimsCache {
             },
         );
     }
-
-    pub fn entry_count(&self) -> u64 {
-        self.inner.entry_count()
-    }
 }
 
 #[cfg(test)]

@@ -81,10 +81,6 @@ impl Checker {
         }
     }
 
-    pub fn store(&self) -> &Arc<SnapshotStore> {
-        &self.store
-    }
-
     /// Answers one request; never panics, never allows on an internal problem.
     pub fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
@@ -129,19 +125,11 @@ impl Checker {
             Some(rule_id) => authz::decide_with_rule(snapshot, &request, rule_id, credential),
             None => authz::decide(snapshot, &request, credential),
         };
-        if decision.reason() != Reason::Public && self.is_stale() {
+        if decision.reason() != Reason::Public && self.store.is_stale(self.settings.max_staleness) {
             // Fail closed: the snapshot may be missing changes (revocations included).
             return Decision::deny(Denial::unavailable(Reason::SnapshotStale));
         }
         decision
-    }
-
-    fn is_stale(&self) -> bool {
-        match (self.settings.max_staleness, self.store.age()) {
-            (Some(max), Some(age)) => age > max,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
     }
 
     fn credential(&self, snapshot: &Snapshot, authorization: Option<&str>) -> Credential {

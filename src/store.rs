@@ -7,7 +7,7 @@ pub mod etcd;
 pub mod file;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,7 +107,6 @@ pub struct SnapshotStore {
     confirmed_at_ms: AtomicU64,
     revision: watch::Sender<i64>,
     last_error: Mutex<Option<String>>,
-    applied_revisions: AtomicI64,
 }
 
 impl Default for SnapshotStore {
@@ -117,7 +116,6 @@ impl Default for SnapshotStore {
             confirmed_at_ms: AtomicU64::new(0),
             revision: watch::channel(0).0,
             last_error: Mutex::new(None),
-            applied_revisions: AtomicI64::new(0),
         }
     }
 }
@@ -137,7 +135,6 @@ impl SnapshotStore {
         let revision = snapshot.revision;
         self.current.store(Some(Arc::new(snapshot)));
         self.confirm();
-        self.applied_revisions.fetch_add(1, Ordering::Relaxed);
         self.revision.send_replace(revision);
     }
 
@@ -152,6 +149,13 @@ impl SnapshotStore {
             0 => None,
             at => Some(Duration::from_millis(unix_millis().saturating_sub(at))),
         }
+    }
+
+    /// Whether the snapshot is older than `max` (never stale without a bound; always stale
+    /// before the first confirmation when there is one). Fail-closed checks and readiness share it.
+    pub fn is_stale(&self, max: Option<Duration>) -> bool {
+        let Some(max) = max else { return false };
+        self.age().is_none_or(|age| age > max)
     }
 
     /// Subscribe to published revisions (tests and readiness wait on this).
@@ -170,9 +174,25 @@ impl SnapshotStore {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
 
-    /// How many snapshots have been published.
-    pub fn publish_count(&self) -> i64 {
-        self.applied_revisions.load(Ordering::Relaxed)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staleness_needs_a_bound_and_a_confirmation() {
+        let store = SnapshotStore::default();
+        assert!(!store.is_stale(None), "no bound: never stale");
+        assert!(
+            store.is_stale(Some(Duration::from_secs(60))),
+            "never confirmed: stale"
+        );
+        store.confirm();
+        assert!(!store.is_stale(Some(Duration::from_secs(60))));
+        store
+            .confirmed_at_ms
+            .store(unix_millis() - 120_000, Ordering::Relaxed);
+        assert!(store.is_stale(Some(Duration::from_secs(60))));
     }
 }

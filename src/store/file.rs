@@ -44,11 +44,28 @@ impl FileSource {
 
     /// Loads the file for the first time; an invalid file is an error (nothing to serve).
     pub fn load(&mut self) -> Result<(), DocumentError> {
-        let rules = document::load_file(&self.path)?;
-        let text = std::fs::read(&self.path).unwrap_or_default();
-        self.last_seen = Some(Sha256::digest(&text).into());
+        let (digest, text) = self.read()?;
+        let rules = self.parse(&text)?;
+        self.last_seen = Some(digest);
         self.apply(rules);
         Ok(())
+    }
+
+    /// Reads the file once: the digest that was seen and the text that is parsed are the same.
+    fn read(&self) -> Result<([u8; 32], Vec<u8>), DocumentError> {
+        let text = std::fs::read(&self.path).map_err(|source| DocumentError::Read {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        Ok((Sha256::digest(&text).into(), text))
+    }
+
+    fn parse(&self, text: &[u8]) -> Result<crate::rules::RuleSet, DocumentError> {
+        let text = std::str::from_utf8(text).map_err(|e| DocumentError::Syntax {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        document::parse_document(text, &self.path)
     }
 
     fn apply(&mut self, rules: crate::rules::RuleSet) {
@@ -65,26 +82,19 @@ impl FileSource {
 
     /// Re-reads the file if its content changed since the last attempt.
     pub fn reload_if_changed(&mut self) {
-        let text = match std::fs::read(&self.path) {
-            Ok(text) => text,
+        let (digest, text) = match self.read() {
+            Ok(read) => read,
             Err(e) => {
-                self.reject(format!("cannot read {}: {e}", self.path.display()));
+                self.reject(e.to_string());
                 return;
             }
         };
-        let digest: [u8; 32] = Sha256::digest(&text).into();
         if self.last_seen == Some(digest) {
             self.store.confirm();
             return;
         }
         self.last_seen = Some(digest);
-        let parsed = std::str::from_utf8(&text)
-            .map_err(|e| DocumentError::Syntax {
-                path: self.path.display().to_string(),
-                message: e.to_string(),
-            })
-            .and_then(|text| document::parse_document(text, &self.path));
-        match parsed {
+        match self.parse(&text) {
             Ok(rules) => self.apply(rules),
             Err(e) => self.reject(e.to_string()),
         }
