@@ -68,6 +68,7 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         "issuers": snapshot.as_ref().map(|s| s.rules.issuers.len()),
         "snapshot_age_seconds": state.store.age().map(|a| a.as_secs_f64()),
         "last_error": state.store.last_error(),
+        "rejected": &*state.store.rejections(),
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -1,5 +1,6 @@
-//! Wiring: start the rule source, the gRPC server (ext_authz + grpc.health.v1) and the admin
-//! server; report SERVING once the first snapshot is in; drain gracefully on shutdown.
+//! Wiring: [`App::build`] makes the check pipeline from a [`Config`]; [`App::spawn`] starts the
+//! rule source, the admin server, health reporting and the gRPC server (ext_authz +
+//! grpc.health.v1); SERVING once the first snapshot is in; drain gracefully on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,11 +16,11 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
 use crate::cache::ClaimsCache;
-use crate::check::{CheckSettings, Checker};
-use crate::cli::{EtcdArgs, ServeArgs};
-use crate::grpc::{AuthorizationService, ResponseSettings};
+use crate::check::Checker;
+use crate::config::{Config, SourceConfig};
+use crate::grpc::AuthorizationService;
 use crate::rules::document::DocumentError;
-use crate::store::etcd::{EtcdError, EtcdSettings, EtcdSource};
+use crate::store::etcd::EtcdSource;
 use crate::store::file::FileSource;
 use crate::store::SnapshotStore;
 use crate::telemetry::Metrics;
@@ -34,10 +35,6 @@ pub enum AppError {
     },
     #[error("rules file: {0}")]
     Rules(#[from] DocumentError),
-    #[error("etcd: {0}")]
-    Etcd(#[from] EtcdError),
-    #[error("no rule source: give --rules FILE or --etcd-endpoints URL")]
-    NoSource,
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -85,112 +82,116 @@ impl Drop for RunningApp {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let bound = TcpListener::bind(addr).await.and_then(|listener| {
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    });
+    bound.map_err(|source| AppError::Bind { addr, source })
 }
 
-/// Starts everything. Returns once the listeners are bound; with a rules file the first
-/// snapshot is loaded before this returns, with etcd it arrives in the background.
-pub async fn start(args: &ServeArgs) -> Result<RunningApp, AppError> {
-    let store = SnapshotStore::new();
-    let metrics = Metrics::new();
-    let mut background = Vec::new();
-    background.push(start_source(args, &store, &metrics).await?);
+/// The service, built from a [`Config`] and not yet running.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+    service: AuthorizationService,
+}
 
-    let checker = Arc::new(Checker::new(
-        store.clone(),
-        ClaimsCache::new(args.cache_capacity, args.cache_max_ttl),
-        metrics.clone(),
-        CheckSettings {
-            max_token_bytes: args.max_token_bytes,
-            max_staleness: args.max_staleness,
-            decision_log: args.decision_log,
-        },
-    ));
-    let service = AuthorizationService::new(
-        checker,
-        ResponseSettings {
-            realm: args.realm.clone(),
-            subject_header: args.subject_header.to_ascii_lowercase(),
-            client_id_header: args.client_id_header.to_ascii_lowercase(),
-            scopes_header: args.scopes_header.to_ascii_lowercase(),
-        },
-    );
-
-    let admin_listener = bind(args.admin_listen).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| AppError::Bind {
-            addr: args.admin_listen,
-            source,
-        })?;
-    let admin_state = AdminState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        max_staleness: args.max_staleness,
-    };
-    background.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin::router(admin_state)).await {
-            tracing::error!(error = %e, "admin server stopped");
+impl App {
+    /// Builds the check pipeline and its shared state; starts nothing.
+    pub fn build(config: Config) -> App {
+        let store = SnapshotStore::new();
+        let metrics = Metrics::new();
+        let checker = Checker::new(
+            store.clone(),
+            ClaimsCache::new(config.cache.capacity, config.cache.max_ttl),
+            metrics.clone(),
+            config.check.clone(),
+        );
+        let service = AuthorizationService::new(Arc::new(checker), config.response.clone());
+        App {
+            config,
+            store,
+            metrics,
+            service,
         }
-    }));
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    background.push(tokio::spawn(report_health(reporter, store.clone())));
-
-    let listener = bind(args.listen).await?;
-    let grpc_addr = listener.local_addr().map_err(|source| AppError::Bind {
-        addr: args.listen,
-        source,
-    })?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(health_service)
-            .add_service(AuthorizationServer::new(service))
-            // A custom incoming stream does not inherit the builder's TCP settings: without
-            // TCP_NODELAY every Check waits ~40 ms for a delayed ACK (Nagle).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = rx.await;
-                },
-            ),
-    );
-    tracing::info!(%grpc_addr, %admin_addr, "scopegate listening");
-    Ok(RunningApp {
-        grpc_addr,
-        admin_addr,
-        store,
-        metrics,
-        shutdown: Some(tx),
-        server,
-        background,
-    })
-}
-
-async fn start_source(
-    args: &ServeArgs,
-    store: &Arc<SnapshotStore>,
-    metrics: &Arc<Metrics>,
-) -> Result<JoinHandle<()>, AppError> {
-    if !args.etcd.etcd_endpoints.is_empty() {
-        let settings = etcd_settings(&args.etcd)?;
-        let source = EtcdSource::new(settings, store.clone(), metrics.clone());
-        return Ok(tokio::spawn(source.run()));
     }
-    let path = args.rules.as_ref().ok_or(AppError::NoSource)?;
-    let mut source = FileSource::new(path, store.clone(), metrics.clone());
-    source.load()?;
-    Ok(tokio::spawn(source.watch(args.rules_poll_interval)))
+
+    /// Starts the rule source, the admin server, health reporting and the gRPC server. Returns
+    /// once the listeners are bound; with a rules file the first snapshot is loaded before this
+    /// returns, with etcd it arrives in the background.
+    pub async fn spawn(self) -> Result<RunningApp, AppError> {
+        let mut background = vec![self.spawn_source()?];
+        let (admin_listener, admin_addr) = bind(self.config.admin_listen).await?;
+        background.push(self.spawn_admin(admin_listener));
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        background.push(tokio::spawn(report_health(reporter, self.store.clone())));
+        let (listener, grpc_addr) = bind(self.config.listen).await?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(health_service)
+                .add_service(AuthorizationServer::new(self.service))
+                // A custom incoming stream does not inherit the builder's TCP settings: without
+                // TCP_NODELAY every Check waits ~40 ms for a delayed ACK (Nagle).
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = rx.await;
+                    },
+                ),
+        );
+        tracing::info!(%grpc_addr, %admin_addr, "scopegate listening");
+        Ok(RunningApp {
+            grpc_addr,
+            admin_addr,
+            store: self.store,
+            metrics: self.metrics,
+            shutdown: Some(tx),
+            server,
+            background,
+        })
+    }
+
+    fn spawn_source(&self) -> Result<JoinHandle<()>, AppError> {
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        match &self.config.source {
+            SourceConfig::Etcd(settings) => {
+                let source = EtcdSource::new(settings.clone(), store, metrics);
+                Ok(tokio::spawn(source.run()))
+            }
+            SourceConfig::File {
+                path,
+                poll_interval,
+            } => {
+                let mut source = FileSource::new(path, store, metrics);
+                source.load()?;
+                Ok(tokio::spawn(source.watch(*poll_interval)))
+            }
+        }
+    }
+
+    fn spawn_admin(&self, listener: TcpListener) -> JoinHandle<()> {
+        let state = AdminState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            max_staleness: self.config.check.max_staleness,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, admin::router(state)).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        })
+    }
 }
 
-fn etcd_settings(args: &EtcdArgs) -> Result<EtcdSettings, AppError> {
-    Ok(EtcdSettings::from_args(args)?)
+/// Builds and spawns (what tests, benches and `run` use).
+pub async fn start(config: &Config) -> Result<RunningApp, AppError> {
+    App::build(config.clone()).spawn().await
 }
 
 /// SERVING once a snapshot is loaded (for `""` and the ext_authz service); NOT_SERVING before.
@@ -212,9 +213,10 @@ async fn report_health(reporter: tonic_health::server::HealthReporter, store: Ar
 }
 
 /// Runs until `shutdown` resolves, then drains.
-pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let app = start(&args).await?;
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let drain = config.drain_timeout;
+    let app = App::build(config).spawn().await?;
     shutdown.await;
     tracing::info!("shutting down: draining in-flight checks");
-    app.shutdown(args.drain_timeout).await
+    app.shutdown(drain).await
 }

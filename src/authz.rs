@@ -145,6 +145,19 @@ impl Decision {
         matches!(self.verdict, Verdict::Allow { .. })
     }
 
+    /// The claims that may be asserted to the upstream: only on an allow, and only when the token
+    /// itself passed (a `dry_run` allow of a revoked token must not name its subject; one that
+    /// only lacked a scope may).
+    pub fn upstream_identity(&self) -> Option<&Claims> {
+        match &self.verdict {
+            Verdict::Allow {
+                would_deny: None | Some(Reason::InsufficientScope),
+                ..
+            } => self.claims.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn reason(&self) -> Reason {
         match &self.verdict {
             Verdict::Allow { reason, .. } => *reason,

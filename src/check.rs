@@ -3,6 +3,7 @@
 //! apply the staleness bound, then count and log the decision.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ use crate::token::TokenError;
 /// request to one rule id instead of matching by host and path.
 pub const CONTEXT_RULE: &str = "scopegate.rule";
 
+/// Largest bearer token accepted, in bytes (refused before any JWT parsing).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// Settings of the check pipeline.
 #[derive(Debug, Clone)]
 pub struct CheckSettings {
@@ -31,11 +35,21 @@ pub struct CheckSettings {
 impl Default for CheckSettings {
     fn default() -> Self {
         CheckSettings {
-            max_token_bytes: 8 * 1024,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             max_staleness: None,
             decision_log: DecisionLogMode::All,
         }
     }
+}
+
+/// The `Authorization` header as Envoy forwarded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationHeader<'a> {
+    Absent,
+    One(&'a str),
+    /// Sent more than once, or not valid UTF-8: a request that carries two credentials, or one
+    /// that cannot be read, is malformed (400), whichever copy an upstream would pick.
+    Malformed,
 }
 
 /// One request as Envoy describes it (borrowed from the `CheckRequest`).
@@ -45,7 +59,7 @@ pub struct CheckInput<'a> {
     pub method: &'a str,
     /// `:path` as received, query included.
     pub path: &'a str,
-    pub authorization: Option<&'a str>,
+    pub authorization: AuthorizationHeader<'a>,
     pub context: Option<&'a HashMap<String, String>>,
 }
 
@@ -88,7 +102,7 @@ impl Checker {
         let decision = match snapshot.as_deref() {
             // Fail closed: nothing has been loaded yet.
             None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
-            Some(snapshot) => self.decide(snapshot, input),
+            Some(snapshot) => self.decide_or_fail_closed(snapshot, input),
         };
         let elapsed = started.elapsed();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
@@ -114,6 +128,17 @@ impl Checker {
         }
     }
 
+    /// Fail closed on a bug: a panic would cancel the gRPC call, and Envoy's
+    /// `failure_mode_allow: true` would then let the request through. It becomes an explicit
+    /// 503 deny (`internal_error`) instead, counted and logged like every decision.
+    fn decide_or_fail_closed(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
+        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| self.decide(snapshot, input)));
+        decided.unwrap_or_else(|_| {
+            tracing::error!("check panicked; answering deny (internal_error)");
+            Decision::deny(Denial::unavailable(Reason::InternalError))
+        })
+    }
+
     fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
         let request = match Request::new(input.host, input.method, input.path) {
             Ok(request) => request,
@@ -132,16 +157,18 @@ impl Checker {
         decision
     }
 
-    fn credential(&self, snapshot: &Snapshot, authorization: Option<&str>) -> Credential {
-        if let Some(value) = authorization {
-            if value.len() > self.settings.max_token_bytes + "Bearer ".len() {
-                return Credential::Invalid(TokenError::TooLarge(
-                    value.len(),
-                    self.settings.max_token_bytes,
-                ));
-            }
-        }
-        match bearer_token(authorization) {
+    fn credential(
+        &self,
+        snapshot: &Snapshot,
+        authorization: AuthorizationHeader<'_>,
+    ) -> Credential {
+        let value = match authorization {
+            AuthorizationHeader::Absent => None,
+            AuthorizationHeader::One(value) => Some(value),
+            AuthorizationHeader::Malformed => return Credential::Malformed,
+        };
+        // The size bound applies to the token itself, once, before any JWT parsing.
+        match bearer_token(value) {
             Err(_) => Credential::Malformed,
             Ok(None) => Credential::Absent,
             Ok(Some(token)) if token.len() > self.settings.max_token_bytes => Credential::Invalid(

@@ -1,12 +1,19 @@
 //! Command-line interface (clap derive). Every `serve` flag can also be set through an
-//! environment variable `SCOPEGATE_…`; secrets are only ever read from files or the environment.
+//! environment variable `SCOPEGATE_…`; secrets are only ever read from files or the environment
+//! (a password given as a command-line argument is refused). [`ServeArgs::into_config`] turns
+//! the flags into a validated [`Config`]: nothing below this module sees clap.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use humantime::Duration as HumanDuration;
 
+use crate::check::CheckSettings;
+use crate::config::{self, CacheSettings, Config, ConfigError, EtcdInput, SourceConfig};
+use crate::grpc::ResponseSettings;
 use crate::telemetry::{DecisionLogMode, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -18,6 +25,27 @@ use crate::telemetry::{DecisionLogMode, LogFormat};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses `argv` (the program name first), refusing secrets given as arguments.
+    pub fn try_parse_args<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(argv)?;
+        if let Some(("serve", serve)) = matches.subcommand() {
+            if serve.value_source("etcd_password") == Some(ValueSource::CommandLine) {
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "the etcd password is never taken from the command line: \
+                     use --etcd-password-file or SCOPEGATE_ETCD_PASSWORD",
+                ));
+            }
+        }
+        Cli::from_arg_matches(&matches)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,8 +66,22 @@ pub enum RulesCommand {
     },
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Text,
+}
+
+/// Which decisions are written to the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionLogArg {
+    /// Every decision.
+    All,
+    /// Denials and dry-run would-be denials only.
+    Deny,
+    /// No decision log.
+    Off,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -53,33 +95,33 @@ pub struct ServeArgs {
     pub rules: Option<PathBuf>,
 
     /// gRPC listen address (ext_authz and grpc.health.v1).
-    #[arg(long, env = "SCOPEGATE_LISTEN", default_value = "127.0.0.1:9191")]
+    #[arg(long, env = "SCOPEGATE_LISTEN", default_value_t = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Admin HTTP listen address (/metrics, /healthz, /readyz, /status).
-    #[arg(long, env = "SCOPEGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9192")]
+    #[arg(long, env = "SCOPEGATE_ADMIN_LISTEN", default_value_t = config::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
     /// Realm in WWW-Authenticate challenges.
-    #[arg(long, env = "SCOPEGATE_REALM", default_value = "scopegate")]
+    #[arg(long, env = "SCOPEGATE_REALM", default_value = config::DEFAULT_REALM)]
     pub realm: String,
 
     /// Refuse Authorization values with tokens larger than this many bytes, before parsing.
-    #[arg(long, env = "SCOPEGATE_MAX_TOKEN_BYTES", default_value_t = 8192)]
+    #[arg(long, env = "SCOPEGATE_MAX_TOKEN_BYTES", default_value_t = config::DEFAULT_MAX_TOKEN_BYTES)]
     pub max_token_bytes: usize,
 
     /// Longest time a verified token's claims are cached (never beyond the token's exp; 0 disables).
-    #[arg(long, env = "SCOPEGATE_CACHE_MAX_TTL", default_value = "5m", value_parser = duration)]
-    pub cache_max_ttl: Duration,
+    #[arg(long, env = "SCOPEGATE_CACHE_MAX_TTL", default_value_t = config::DEFAULT_CACHE_MAX_TTL.into())]
+    pub cache_max_ttl: HumanDuration,
 
     /// Most verified tokens kept in the cache.
-    #[arg(long, env = "SCOPEGATE_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(long, env = "SCOPEGATE_CACHE_CAPACITY", default_value_t = config::DEFAULT_CACHE_CAPACITY)]
     pub cache_capacity: u64,
 
     /// Deny non-public routes (503, reason snapshot_stale) when the rules were last confirmed
     /// current longer ago than this. Off by default.
-    #[arg(long, env = "SCOPEGATE_MAX_STALENESS", value_parser = duration)]
-    pub max_staleness: Option<Duration>,
+    #[arg(long, env = "SCOPEGATE_MAX_STALENESS")]
+    pub max_staleness: Option<HumanDuration>,
 
     /// Which decisions go to the decision log.
     #[arg(
@@ -88,17 +130,17 @@ pub struct ServeArgs {
         value_enum,
         default_value = "all"
     )]
-    pub decision_log: DecisionLogMode,
+    pub decision_log: DecisionLogArg,
 
     /// Log format.
     #[arg(long, env = "SCOPEGATE_LOG_FORMAT", value_enum, default_value = "json")]
-    pub log_format: LogFormat,
+    pub log_format: LogFormatArg,
 
     /// Upstream header carrying the token's subject.
     #[arg(
         long,
         env = "SCOPEGATE_SUBJECT_HEADER",
-        default_value = "x-scopegate-subject"
+        default_value = config::DEFAULT_SUBJECT_HEADER
     )]
     pub subject_header: String,
 
@@ -106,7 +148,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SCOPEGATE_CLIENT_ID_HEADER",
-        default_value = "x-scopegate-client-id"
+        default_value = config::DEFAULT_CLIENT_ID_HEADER
     )]
     pub client_id_header: String,
 
@@ -114,21 +156,21 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SCOPEGATE_SCOPES_HEADER",
-        default_value = "x-scopegate-scopes"
+        default_value = config::DEFAULT_SCOPES_HEADER
     )]
     pub scopes_header: String,
 
     /// Fallback re-read interval of the rules file (changes are normally seen at once).
-    #[arg(long, env = "SCOPEGATE_RULES_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
-    pub rules_poll_interval: Duration,
+    #[arg(long, env = "SCOPEGATE_RULES_POLL_INTERVAL", default_value_t = config::DEFAULT_RULES_POLL_INTERVAL.into())]
+    pub rules_poll_interval: HumanDuration,
 
     /// Runtime worker threads (default: one per CPU). 1 suits a sidecar with a 1-CPU limit.
     #[arg(long, env = "SCOPEGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
     /// How long in-flight checks may take to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub drain_timeout: Duration,
+    #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT", default_value_t = config::DEFAULT_DRAIN_TIMEOUT.into())]
+    pub drain_timeout: HumanDuration,
 
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -147,7 +189,7 @@ pub struct EtcdArgs {
     pub etcd_endpoints: Vec<String>,
 
     /// Key prefix holding the rules.
-    #[arg(long, env = "SCOPEGATE_ETCD_PREFIX", default_value = "/scopegate/")]
+    #[arg(long, env = "SCOPEGATE_ETCD_PREFIX", default_value = config::DEFAULT_ETCD_PREFIX)]
     pub etcd_prefix: String,
 
     /// CA certificate (PEM) to verify etcd's server certificate; enables TLS.
@@ -167,10 +209,146 @@ pub struct EtcdArgs {
     pub etcd_user: Option<String>,
 
     /// File holding the etcd password.
-    #[arg(long, env = "SCOPEGATE_ETCD_PASSWORD_FILE")]
+    #[arg(
+        long,
+        env = "SCOPEGATE_ETCD_PASSWORD_FILE",
+        conflicts_with = "etcd_password"
+    )]
     pub etcd_password_file: Option<PathBuf>,
 
+    /// The etcd password, from the environment only (refused as an argument).
+    #[arg(
+        long,
+        env = "SCOPEGATE_ETCD_PASSWORD",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+
     /// Timeout for connecting to etcd and for each request.
-    #[arg(long, env = "SCOPEGATE_ETCD_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub etcd_timeout: Duration,
+    #[arg(long, env = "SCOPEGATE_ETCD_TIMEOUT", default_value_t = config::DEFAULT_ETCD_TIMEOUT.into())]
+    pub etcd_timeout: HumanDuration,
+}
+
+impl ServeArgs {
+    /// The validated configuration these flags describe (files named by them are read here).
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let source = if self.etcd.etcd_endpoints.is_empty() {
+            let path = self.rules.ok_or_else(|| {
+                ConfigError::Invalid(
+                    "no rule source: give --rules FILE or --etcd-endpoints URL".into(),
+                )
+            })?;
+            SourceConfig::File {
+                path,
+                poll_interval: self.rules_poll_interval.into(),
+            }
+        } else {
+            SourceConfig::Etcd(self.etcd.into_input().into_settings()?)
+        };
+        Ok(Config {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            source,
+            check: CheckSettings {
+                max_token_bytes: self.max_token_bytes,
+                max_staleness: self.max_staleness.map(Duration::from),
+                decision_log: match self.decision_log {
+                    DecisionLogArg::All => DecisionLogMode::All,
+                    DecisionLogArg::Deny => DecisionLogMode::Deny,
+                    DecisionLogArg::Off => DecisionLogMode::Off,
+                },
+            },
+            response: ResponseSettings {
+                realm: self.realm,
+                subject_header: config::header_name("--subject-header", &self.subject_header)?,
+                client_id_header: config::header_name(
+                    "--client-id-header",
+                    &self.client_id_header,
+                )?,
+                scopes_header: config::header_name("--scopes-header", &self.scopes_header)?,
+            },
+            cache: CacheSettings {
+                capacity: self.cache_capacity,
+                max_ttl: self.cache_max_ttl.into(),
+            },
+            log_format: match self.log_format {
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Text => LogFormat::Text,
+            },
+            worker_threads: self.worker_threads.map(usize::from),
+            drain_timeout: self.drain_timeout.into(),
+        })
+    }
+}
+
+impl EtcdArgs {
+    fn into_input(self) -> EtcdInput {
+        EtcdInput {
+            endpoints: self.etcd_endpoints,
+            prefix: self.etcd_prefix,
+            ca_file: self.etcd_ca_file,
+            cert_file: self.etcd_cert_file,
+            key_file: self.etcd_key_file,
+            user: self.etcd_user,
+            password_file: self.etcd_password_file,
+            password: self.etcd_password,
+            timeout: self.etcd_timeout.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(argv: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["scopegate", "serve"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_args(full).map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            return Err("not serve".into());
+        };
+        args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_come_from_config_constants() {
+        let config = serve(&["--rules", "r.yaml"]).unwrap();
+        assert_eq!(config.listen, config::DEFAULT_LISTEN);
+        assert_eq!(
+            config.check.max_token_bytes,
+            config::DEFAULT_MAX_TOKEN_BYTES
+        );
+        assert_eq!(config.cache.max_ttl, config::DEFAULT_CACHE_MAX_TTL);
+        assert_eq!(config.drain_timeout, config::DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(
+            config.response.subject_header,
+            config::DEFAULT_SUBJECT_HEADER
+        );
+    }
+
+    #[test]
+    fn a_password_argument_is_refused() {
+        let err = serve(&[
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--etcd-user",
+            "u",
+            "--etcd-password",
+            "secret",
+        ])
+        .unwrap_err();
+        assert!(err.contains("never taken from the command line"), "{err}");
+        assert!(
+            !err.contains("secret"),
+            "the refused value is not echoed: {err}"
+        );
+    }
+
+    #[test]
+    fn bad_header_names_are_refused() {
+        let err = serve(&["--rules", "r", "--scopes-header", "x scopes"]).unwrap_err();
+        assert!(err.contains("--scopes-header"), "{err}");
+    }
 }

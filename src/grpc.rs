@@ -15,7 +15,14 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use tonic::{Code, Request, Response, Status};
 
 use crate::authz::{Decision, Denial, DenyStatus, Verdict};
-use crate::check::{CheckInput, CheckOutcome, Checker};
+use crate::check::{AuthorizationHeader, CheckInput, CheckOutcome, Checker};
+
+/// Realm in `WWW-Authenticate` challenges.
+pub const DEFAULT_REALM: &str = "scopegate";
+/// Upstream header names for the verified identity.
+pub const DEFAULT_SUBJECT_HEADER: &str = "x-scopegate-subject";
+pub const DEFAULT_CLIENT_ID_HEADER: &str = "x-scopegate-client-id";
+pub const DEFAULT_SCOPES_HEADER: &str = "x-scopegate-scopes";
 
 /// Names of the headers scopegate sets on allowed requests for the upstream.
 #[derive(Debug, Clone)]
@@ -29,10 +36,10 @@ pub struct ResponseSettings {
 impl Default for ResponseSettings {
     fn default() -> Self {
         ResponseSettings {
-            realm: "scopegate".into(),
-            subject_header: "x-scopegate-subject".into(),
-            client_id_header: "x-scopegate-client-id".into(),
-            scopes_header: "x-scopegate-scopes".into(),
+            realm: DEFAULT_REALM.into(),
+            subject_header: DEFAULT_SUBJECT_HEADER.into(),
+            client_id_header: DEFAULT_CLIENT_ID_HEADER.into(),
+            scopes_header: DEFAULT_SCOPES_HEADER.into(),
         }
     }
 }
@@ -66,7 +73,7 @@ impl AuthorizationService {
             host: &http.host,
             method: &http.method,
             path: &http.path,
-            authorization: header(http, "authorization"),
+            authorization: authorization_header(http),
             context: attributes.map(|a| &a.context_extensions),
         };
         let outcome = self.checker.check(&input);
@@ -84,23 +91,33 @@ impl Authorization for AuthorizationService {
     }
 }
 
-/// A request header by lower-case name, from `headers` or (Envoy's `encode_raw_headers`)
-/// `header_map`. Several values of one header are already joined by Envoy with ','.
-fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    if let Some(v) = http.headers.get(name) {
-        return Some(v.as_str());
+/// The `Authorization` header, from `headers` or (Envoy's `encode_raw_headers`) `header_map`.
+/// Envoy joins repeated headers with ',' in `headers` (the bearer parser refuses that), but
+/// lists each copy in `header_map`: more than one copy, in either field, is malformed.
+fn authorization_header(http: &HttpRequest) -> AuthorizationHeader<'_> {
+    let mut found: Option<&str> = None;
+    let mut copies = 0usize;
+    if let Some(value) = http.headers.get("authorization") {
+        found = Some(value.as_str());
+        copies += 1;
     }
-    let map = http.header_map.as_ref()?;
-    map.headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-        .map(|h| {
-            if h.value.is_empty() {
-                std::str::from_utf8(&h.raw_value).unwrap_or("\u{0}")
-            } else {
-                h.value.as_str()
+    let listed = http.header_map.iter().flat_map(|map| map.headers.iter());
+    for h in listed.filter(|h| h.key.eq_ignore_ascii_case("authorization")) {
+        copies += 1;
+        if h.value.is_empty() {
+            match std::str::from_utf8(&h.raw_value) {
+                Ok(value) => found = Some(value),
+                Err(_) => return AuthorizationHeader::Malformed,
             }
-        })
+        } else {
+            found = Some(h.value.as_str());
+        }
+    }
+    match (copies, found) {
+        (0, _) | (_, None) => AuthorizationHeader::Absent,
+        (1, Some(value)) => AuthorizationHeader::One(value),
+        _ => AuthorizationHeader::Malformed,
+    }
 }
 
 fn denied_without_http() -> CheckResponse {
@@ -123,7 +140,7 @@ pub fn build_response(outcome: &CheckOutcome, settings: &ResponseSettings) -> Ch
 
 fn allow_response(decision: &Decision, settings: &ResponseSettings) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
-    let claims = decision.claims.as_deref();
+    let claims = decision.upstream_identity();
     let scopes = claims.map(|c| c.scopes.join(" "));
     let identity = [
         (

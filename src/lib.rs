@@ -12,6 +12,7 @@ pub mod authz;
 pub mod cache;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod grpc;
 pub mod reason;
 pub mod rules;

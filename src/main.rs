@@ -1,55 +1,51 @@
-//! The `scopegate` binary: parse the command line, initialise logging, run until a signal.
+//! The `scopegate` binary: parse the command line into a `Config`, initialise logging, run until
+//! a signal, drain.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use scopegate::cli::{Cli, Command, RulesCommand};
+use scopegate::cli::{Cli, Command, RulesCommand, ServeArgs};
 use scopegate::rules::document;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Rules(RulesCommand::Validate { file }) => validate(&file),
     }
 }
 
-fn serve(args: scopegate::cli::ServeArgs) -> ExitCode {
-    let _flush_logs_on_exit = scopegate::telemetry::init_tracing(args.log_format);
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => return fail("invalid configuration", &e),
+    };
+    let _flush_logs_on_exit = scopegate::telemetry::init_tracing(config.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        runtime.worker_threads(usize::from(threads));
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
     }
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("scopegate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("cannot start the runtime", &e),
     };
-    match runtime.block_on(scopegate::app::run(args, shutdown_signal())) {
+    match runtime.block_on(scopegate::app::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "scopegate stopped");
-            eprintln!("scopegate: {e}");
-            ExitCode::FAILURE
+            fail("stopped", &e)
         }
     }
+}
+
+fn fail(what: &str, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("scopegate: {what}: {error}");
+    ExitCode::FAILURE
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
     match document::load_file(file) {
         Ok(rules) => {
-            println!(
-                "{}: ok ({} routes, {} scopes, {} issuers, {} revocations)",
-                file.display(),
-                rules.routes.len(),
-                rules.scopes.len(),
-                rules.issuers.len(),
-                rules.revoked_jti.len()
-                    + rules.revoked_subjects.len()
-                    + rules.revoked_clients.len()
-            );
+            println!("{}: ok ({})", file.display(), rules.summary());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -64,7 +60,6 @@ async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -73,7 +68,5 @@ async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

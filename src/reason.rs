@@ -4,7 +4,20 @@
 use std::fmt;
 
 /// Why a decision came out the way it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Reason {
     /// A matched rule's scope requirement was satisfied.
     Allowed,
@@ -48,64 +61,70 @@ pub enum Reason {
     NoSnapshot,
     /// The snapshot is older than `--max-staleness` (fail closed).
     SnapshotStale,
+    /// The check failed inside scopegate (a bug): answered as an explicit deny, never an error
+    /// status that `failure_mode_allow` could turn into an allow.
+    InternalError,
 }
 
 impl Reason {
-    /// Every reason, for pre-registering metric label values and for docs.
-    pub const ALL: [Reason; 21] = [
-        Reason::Allowed,
-        Reason::Public,
-        Reason::DryRun,
-        Reason::NoRule,
-        Reason::MissingCredential,
-        Reason::InvalidRequest,
-        Reason::MalformedToken,
-        Reason::TokenTooLarge,
-        Reason::UnknownIssuer,
-        Reason::AlgorithmNotAllowed,
-        Reason::UnknownKey,
-        Reason::InvalidSignature,
-        Reason::TokenExpired,
-        Reason::TokenNotYetValid,
-        Reason::InvalidAudience,
-        Reason::InvalidType,
-        Reason::InvalidClaims,
-        Reason::TokenRevoked,
-        Reason::InsufficientScope,
-        Reason::NoSnapshot,
-        Reason::SnapshotStale,
-    ];
-
     /// The stable code, e.g. `token_expired`.
     pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether a decision with this reason lets the request through. The one place that says so.
+    pub fn is_allow(self) -> bool {
         match self {
-            Reason::Allowed => "allowed",
-            Reason::Public => "public",
-            Reason::DryRun => "dry_run",
-            Reason::NoRule => "no_rule",
-            Reason::MissingCredential => "missing_credential",
-            Reason::InvalidRequest => "invalid_request",
-            Reason::MalformedToken => "malformed_token",
-            Reason::TokenTooLarge => "token_too_large",
-            Reason::UnknownIssuer => "unknown_issuer",
-            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
-            Reason::UnknownKey => "unknown_key",
-            Reason::InvalidSignature => "invalid_signature",
-            Reason::TokenExpired => "token_expired",
-            Reason::TokenNotYetValid => "token_not_yet_valid",
-            Reason::InvalidAudience => "invalid_audience",
-            Reason::InvalidType => "invalid_type",
-            Reason::InvalidClaims => "invalid_claims",
-            Reason::TokenRevoked => "token_revoked",
-            Reason::InsufficientScope => "insufficient_scope",
-            Reason::NoSnapshot => "no_snapshot",
-            Reason::SnapshotStale => "snapshot_stale",
+            Reason::Allowed | Reason::Public | Reason::DryRun => true,
+            Reason::NoRule
+            | Reason::MissingCredential
+            | Reason::InvalidRequest
+            | Reason::MalformedToken
+            | Reason::TokenTooLarge
+            | Reason::UnknownIssuer
+            | Reason::AlgorithmNotAllowed
+            | Reason::UnknownKey
+            | Reason::InvalidSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::InvalidAudience
+            | Reason::InvalidType
+            | Reason::InvalidClaims
+            | Reason::TokenRevoked
+            | Reason::InsufficientScope
+            | Reason::NoSnapshot
+            | Reason::SnapshotStale
+            | Reason::InternalError => false,
         }
+    }
+
+    /// A dense index (the discriminant), for per-reason counters created up front.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::{EnumCount, IntoEnumIterator};
+
+    #[test]
+    fn codes_are_stable_and_indices_dense() {
+        assert_eq!(Reason::InsufficientScope.as_str(), "insufficient_scope");
+        assert_eq!(Reason::NoRule.as_str(), "no_rule");
+        assert_eq!(Reason::DryRun.as_str(), "dry_run");
+        for (i, reason) in Reason::iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        assert_eq!(Reason::iter().count(), Reason::COUNT);
+        let allows: Vec<Reason> = Reason::iter().filter(|r| r.is_allow()).collect();
+        assert_eq!(allows, [Reason::Allowed, Reason::Public, Reason::DryRun]);
     }
 }

@@ -224,12 +224,16 @@ fn parse_scope(id: &str, value: &Value) -> Result<ScopeDef, String> {
 }
 
 /// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub fn validate_scope_token(scope: &str) -> Result<(), String> {
-    let ok = !scope.is_empty()
+pub fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
         && scope
             .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-    if ok {
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+/// [`is_scope_token`], with an error message naming the value.
+pub fn validate_scope_token(scope: &str) -> Result<(), String> {
+    if is_scope_token(scope) {
         Ok(())
     } else {
         Err(format!(
@@ -250,6 +254,17 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// One line saying what the set holds, e.g. for `rules validate`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} routes, {} scopes, {} issuers, {} revocations",
+            self.routes.len(),
+            self.scopes.len(),
+            self.issuers.len(),
+            self.revoked_jti.len() + self.revoked_subjects.len() + self.revoked_clients.len()
+        )
+    }
+
     /// Inserts (or replaces) one validated entry.
     pub fn insert(&mut self, id: &str, entry: Entry) {
         let id = id.to_string();

@@ -5,19 +5,21 @@
 
 pub mod etcd;
 pub mod file;
+pub mod publish;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::authz::scope::ScopeGraph;
 use crate::rules::matcher::RouteIndex;
 use crate::rules::RuleSet;
 use crate::token::Verifier;
+pub use publish::{Publisher, Rejection, Rejections};
 
 static VERIFIER_GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -106,7 +108,7 @@ pub struct SnapshotStore {
     /// Unix ms when the source last confirmed the snapshot is current (0: never).
     confirmed_at_ms: AtomicU64,
     revision: watch::Sender<i64>,
-    last_error: Mutex<Option<String>>,
+    rejected: ArcSwap<Rejections>,
 }
 
 impl Default for SnapshotStore {
@@ -115,7 +117,7 @@ impl Default for SnapshotStore {
             current: ArcSwapOption::empty(),
             confirmed_at_ms: AtomicU64::new(0),
             revision: watch::channel(0).0,
-            last_error: Mutex::new(None),
+            rejected: ArcSwap::from_pointee(Rejections::new()),
         }
     }
 }
@@ -163,16 +165,24 @@ impl SnapshotStore {
         self.revision.subscribe()
     }
 
-    /// Records (or clears) the source's last error, shown on `/status`.
-    pub fn set_last_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    /// Replaces the list of what the source has rejected and is not in force (see `publish`).
+    pub fn set_rejections(&self, rejected: Rejections) {
+        self.rejected.store(Arc::new(rejected));
     }
 
+    /// What is rejected now, by key or file.
+    pub fn rejections(&self) -> Arc<Rejections> {
+        self.rejected.load_full()
+    }
+
+    /// The most recent rejection still in force, as one line (for `/status`).
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let rejected = self.rejected.load();
+        let (key, latest) = rejected.iter().max_by_key(|(_, r)| r.revision)?;
+        Some(format!(
+            "{key} @ revision {}: {}",
+            latest.revision, latest.error
+        ))
     }
 }
 

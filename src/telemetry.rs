@@ -11,20 +11,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use strum::IntoEnumIterator;
 use tracing_subscriber::EnvFilter;
 
 use crate::authz::{Decision, Verdict};
 use crate::reason::Reason;
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
 /// Which decisions are written to the decision log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecisionLogMode {
     /// Every decision.
     All,
@@ -74,6 +75,11 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -85,7 +91,7 @@ pub struct Metrics {
     check_duration: Histogram,
     decisions_by_reason: Vec<Counter>,
     dry_run_by_reason: Vec<Counter>,
-    pub scope_mismatch: Counter,
+    scope_mismatch: Family<RuleLabel, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub snapshot_revision: Gauge,
@@ -100,112 +106,109 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1,
 ];
 
-fn reason_index(reason: Reason) -> usize {
-    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+/// Registers a metric and hands it back (the registry keeps a clone: both count together).
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::default();
-        let check_duration = Histogram::new(DURATION_BUCKETS);
-        registry.register(
+        let mut r = Registry::default();
+        let check_duration = registered(
+            &mut r,
             "scopegate_check_duration_seconds",
             "Time to answer one Check, from request to response",
-            check_duration.clone(),
+            Histogram::new(DURATION_BUCKETS),
         );
-        let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
+        let decisions = registered(
+            &mut r,
             "scopegate_decisions",
             "Decisions by outcome and reason code",
-            decisions.clone(),
+            Family::<DecisionLabels, Counter>::default(),
         );
-        let dry_run = Family::<ReasonLabel, Counter>::default();
-        registry.register(
+        let dry_run = registered(
+            &mut r,
             "scopegate_dry_run_would_deny",
             "Requests allowed by a dry_run rule that enforce would have denied, by reason",
-            dry_run.clone(),
+            Family::<ReasonLabel, Counter>::default(),
         );
-        let decisions_by_reason = Reason::ALL
-            .iter()
-            .map(|r| {
-                let decision = if is_allow_reason(*r) { "allow" } else { "deny" };
-                decisions
-                    .get_or_create(&DecisionLabels {
-                        decision,
-                        reason: r.as_str(),
-                    })
-                    .clone()
+        // One counter per reason, created up front and indexed by discriminant.
+        let decisions_by_reason = Reason::iter()
+            .map(|reason| {
+                let decision = if reason.is_allow() { "allow" } else { "deny" };
+                let labels = DecisionLabels {
+                    decision,
+                    reason: reason.as_str(),
+                };
+                decisions.get_or_create(&labels).clone()
             })
             .collect();
-        let dry_run_by_reason = Reason::ALL
-            .iter()
-            .map(|r| {
-                dry_run
-                    .get_or_create(&ReasonLabel { reason: r.as_str() })
-                    .clone()
+        let dry_run_by_reason = Reason::iter()
+            .map(|reason| {
+                let labels = ReasonLabel {
+                    reason: reason.as_str(),
+                };
+                dry_run.get_or_create(&labels).clone()
             })
             .collect();
-        let scope_mismatch = Counter::default();
-        registry.register(
-            "scopegate_scope_mismatch",
-            "Valid tokens that lacked the scope a rule required",
-            scope_mismatch.clone(),
-        );
-        let cache_hits = Counter::default();
-        registry.register(
-            "scopegate_cache_hits",
-            "Verified-claims cache hits",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        registry.register(
-            "scopegate_cache_misses",
-            "Verified-claims cache misses",
-            cache_misses.clone(),
-        );
-        let snapshot_revision = Gauge::default();
-        registry.register(
-            "scopegate_snapshot_revision",
-            "Source revision of the snapshot in force (etcd revision or file reload count)",
-            snapshot_revision.clone(),
-        );
-        let snapshot_age_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "scopegate_snapshot_age_seconds",
-            "Seconds since the source last confirmed the snapshot current",
-            snapshot_age_seconds.clone(),
-        );
-        let rule_errors = Counter::default();
-        registry.register(
-            "scopegate_rule_errors",
-            "Rule entries or files rejected by validation",
-            rule_errors.clone(),
-        );
-        let watch_restarts = Counter::default();
-        registry.register(
-            "scopegate_watch_restarts",
-            "Times the source watch was re-established after an error",
-            watch_restarts.clone(),
-        );
-        let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "scopegate_reloads",
-            "Snapshot rebuilds by result",
-            reloads.clone(),
-        );
         Arc::new(Metrics {
-            registry,
             check_duration,
             decisions_by_reason,
             dry_run_by_reason,
-            scope_mismatch,
-            cache_hits,
-            cache_misses,
-            snapshot_revision,
-            snapshot_age_seconds,
-            rule_errors,
-            watch_restarts,
-            reloads,
+            scope_mismatch: registered(
+                &mut r,
+                "scopegate_scope_mismatch",
+                "Verified tokens that lacked a rule's required scope, by rule id; dry_run \
+                 would-be denials included (decisions_total counts enforced ones by reason only)",
+                Family::default(),
+            ),
+            cache_hits: registered(
+                &mut r,
+                "scopegate_cache_hits",
+                "Verified-claims cache hits",
+                Counter::default(),
+            ),
+            cache_misses: registered(
+                &mut r,
+                "scopegate_cache_misses",
+                "Verified-claims cache misses",
+                Counter::default(),
+            ),
+            snapshot_revision: registered(
+                &mut r,
+                "scopegate_snapshot_revision",
+                "Source revision of the snapshot in force (etcd revision or file reload count)",
+                Gauge::default(),
+            ),
+            snapshot_age_seconds: registered(
+                &mut r,
+                "scopegate_snapshot_age_seconds",
+                "Seconds since the source last confirmed the snapshot current",
+                Gauge::default(),
+            ),
+            rule_errors: registered(
+                &mut r,
+                "scopegate_rule_errors",
+                "Rule entries or files rejected by validation",
+                Counter::default(),
+            ),
+            watch_restarts: registered(
+                &mut r,
+                "scopegate_watch_restarts",
+                "Times the source watch was re-established after an error",
+                Counter::default(),
+            ),
+            reloads: registered(
+                &mut r,
+                "scopegate_reloads",
+                "Snapshot rebuilds by result",
+                Family::default(),
+            ),
+            registry: r,
         })
     }
 
@@ -213,18 +216,23 @@ impl Metrics {
     pub fn record(&self, decision: &Decision, elapsed: Duration) {
         self.check_duration.observe(elapsed.as_secs_f64());
         let reason = decision.reason();
-        self.decisions_by_reason[reason_index(reason)].inc();
-        match &decision.verdict {
+        self.decisions_by_reason[reason.index()].inc();
+        let scope_mismatch = match &decision.verdict {
             Verdict::Allow {
                 would_deny: Some(would),
                 ..
             } => {
-                self.dry_run_by_reason[reason_index(*would)].inc();
+                self.dry_run_by_reason[would.index()].inc();
+                *would == Reason::InsufficientScope
             }
-            Verdict::Deny(d) if d.reason == Reason::InsufficientScope => {
-                self.scope_mismatch.inc();
-            }
-            _ => {}
+            Verdict::Deny(d) => d.reason == Reason::InsufficientScope,
+            Verdict::Allow { .. } => false,
+        };
+        if let (true, Some(rule)) = (scope_mismatch, &decision.rule) {
+            let labels = RuleLabel {
+                rule: rule.id.clone(),
+            };
+            self.scope_mismatch.get_or_create(&labels).inc();
         }
     }
 
@@ -241,10 +249,6 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
-}
-
-fn is_allow_reason(reason: Reason) -> bool {
-    matches!(reason, Reason::Allowed | Reason::Public | Reason::DryRun)
 }
 
 /// What one decision-log line carries (borrowed from the check; never the token).

@@ -18,6 +18,7 @@ pub use issuer::IssuerConfig;
 pub use jwks::VerificationKey;
 
 use crate::reason::Reason;
+use crate::rules::is_scope_token;
 
 /// Why a token was refused. Every variant maps to a stable [`Reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,34 +123,75 @@ struct RawClaims {
     scp: Option<OneOrMany>,
 }
 
-impl From<RawClaims> for Claims {
-    fn from(raw: RawClaims) -> Claims {
-        let mut scopes: Vec<String> = Vec::new();
-        let mut push = |s: &str| {
-            if !s.is_empty() && !scopes.iter().any(|x| x == s) {
-                scopes.push(s.to_string());
+impl Claims {
+    /// Checks the claims that the signature check does not: identity claims must be exactly what
+    /// an upstream will see (no surrounding whitespace, no control characters), `iat` must not be
+    /// in the future (a future `iat` would escape `revoked/sub` and `revoked/client` cut-offs),
+    /// and only valid scope-tokens are granted.
+    fn from_raw(raw: RawClaims, leeway_seconds: u64) -> Result<Claims, TokenError> {
+        for (name, value) in [
+            ("sub", &raw.sub),
+            ("client_id", &raw.client_id),
+            ("azp", &raw.azp),
+            ("jti", &raw.jti),
+        ] {
+            if let Some(value) = value {
+                check_identity_claim(name, value)?;
             }
-        };
-        raw.scope
-            .as_deref()
-            .into_iter()
-            .flat_map(|s| s.split(' '))
-            .for_each(&mut push);
-        match &raw.scp {
-            Some(OneOrMany::One(s)) => s.split(' ').for_each(&mut push),
-            Some(OneOrMany::Many(list)) => list.iter().for_each(|s| push(s)),
-            None => {}
         }
-        Claims {
+        if let Some(iat) = raw.iat {
+            let now = jsonwebtoken::get_current_timestamp() as i64;
+            let latest = now.saturating_add(leeway_seconds as i64);
+            if iat > latest {
+                return Err(TokenError::InvalidClaims("iat is in the future".into()));
+            }
+        }
+        Ok(Claims {
+            scopes: granted_scopes(&raw),
             iss: raw.iss,
             sub: raw.sub,
             client_id: raw.client_id.or(raw.azp),
             jti: raw.jti,
             iat: raw.iat,
             exp: raw.exp,
-            scopes,
-        }
+        })
     }
+}
+
+/// An identity claim is compared byte for byte with revocations and sent to the upstream in a
+/// header, where HTTP strips surrounding whitespace: `"bad-user "` would escape a revocation of
+/// `bad-user` and still reach the upstream as `bad-user`. Refused, never trimmed.
+fn check_identity_claim(name: &str, value: &str) -> Result<(), TokenError> {
+    let padded = value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace);
+    if value.is_empty() || padded || value.chars().any(char::is_control) {
+        return Err(TokenError::InvalidClaims(format!(
+            "{name} is empty, has surrounding whitespace or a control character"
+        )));
+    }
+    Ok(())
+}
+
+/// Scopes from `scope` (space-delimited) and `scp` (array, or a space-delimited string),
+/// de-duplicated. Only RFC 6749 §3.3 scope-tokens count: an `scp` element such as `"x admin"`
+/// is neither granted nor echoed to the upstream (where it would read as two scopes).
+fn granted_scopes(raw: &RawClaims) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    let mut push = |s: &str| {
+        if is_scope_token(s) && !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_string());
+        }
+    };
+    raw.scope
+        .as_deref()
+        .into_iter()
+        .flat_map(|s| s.split(' '))
+        .for_each(&mut push);
+    match &raw.scp {
+        Some(OneOrMany::One(s)) => s.split(' ').for_each(&mut push),
+        Some(OneOrMany::Many(list)) => list.iter().for_each(|s| push(s)),
+        None => {}
+    }
+    scopes
 }
 
 #[derive(Deserialize)]
@@ -210,10 +252,23 @@ fn verify_with_issuer(
             return Err(TokenError::InvalidType(header.typ.clone()));
         }
     }
+    // `kid` is optional (RFC 7517 §4.5). A kid that names a key of the issuer selects the keys
+    // with that kid; a kid that names none may still be signed by a key published without kid
+    // (HMAC secrets have none), never by a key with another kid. No kid: every key of the type.
+    let kid = header.kid.as_deref();
+    let kid_is_known =
+        kid.is_some_and(|kid| issuer.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
     let mut keys = issuer
         .keys
         .iter()
-        .filter(|k| k.allows(alg) && (header.kid.is_none() || k.kid == header.kid))
+        .filter(|k| {
+            k.allows(alg)
+                && match kid {
+                    None => true,
+                    Some(kid) if kid_is_known => k.kid.as_deref() == Some(kid),
+                    Some(_) => k.kid.is_none(),
+                }
+        })
         .peekable();
     if keys.peek().is_none() {
         return Err(TokenError::UnknownKey {
@@ -224,7 +279,7 @@ fn verify_with_issuer(
     let mut last = TokenError::InvalidSignature;
     for key in keys {
         match jsonwebtoken::decode::<RawClaims>(token, &key.key, validation) {
-            Ok(data) => return Ok(data.claims.into()),
+            Ok(data) => return Claims::from_raw(data.claims, issuer.leeway_seconds),
             Err(e) => {
                 last = map_error(e.kind());
                 if last != TokenError::InvalidSignature {

@@ -1,14 +1,40 @@
 //! The request as the decision sees it: normalised host, method and path, and the bearer
-//! credential parsed out of `Authorization`. Everything here is security-critical: the path that
-//! is matched must be the path the upstream will serve, so anything ambiguous is refused (400).
+//! credential parsed out of `Authorization`. Everything here is security-critical: the rule
+//! scopegate applies must be the rule the upstream serves, so anything that more than one kind of
+//! upstream could read differently is refused (400 `invalid_request`) instead of resolved.
 //!
-//! Path normalisation, in order: cut at `?`/`#`; percent-decode only unreserved characters
-//! (`A-Z a-z 0-9 - . _ ~`), keeping other escapes upper-cased; refuse encoded `/` (`%2F`),
-//! `\` (`%5C`), NUL, control characters, raw `\`, and `.`/`..` segments that were encoded or
-//! carry a `;` parameter (`..;`); drop empty and `.` segments; resolve `..` (never above root).
-//! A trailing slash is not significant for matching.
+//! # Why paths are refused rather than resolved
+//! Upstreams disagree about the same bytes. For `/admin//../orders/1`, RFC 3986
+//! `remove_dot_segments` (Envoy's `normalize_path`, most servers) lets `..` remove the empty
+//! segment and serves `/admin/orders/1`; a server that merges slashes first serves `/orders/1`.
+//! For `/orders/;/../admin`, RFC 3986 gives `/orders/admin`, while Tomcat and Spring strip
+//! `;params`, merge the now-empty segment and serve `/admin`. For `/admin;x=1/orders`, Tomcat
+//! serves `/admin/orders` but a matcher that keeps the parameter sees a segment `admin;x=1` that
+//! no `/admin/**` rule names. For `/%2561dmin`, a server that decodes twice sees `/admin`. Any
+//! choice scopegate made among these readings would be wrong for some upstream, and the wrong
+//! reading is a false allow. So scopegate matches only paths that are already in normal form, in
+//! which all those readings agree, and refuses every path that is not:
+//! - an empty segment (`//`; one trailing `/` is allowed and not significant),
+//! - a `.` or `..` segment, raw or percent-encoded (encoded unreserved characters are refused
+//!   outright, so `%2e` can never become a dot after matching),
+//! - a segment parameter: `;` raw or encoded (`%3B`), anywhere,
+//! - an encoded `/`, `\`, `%` (double encoding), NUL or control character; a raw `\`, control
+//!   character, non-ASCII byte or any other character that RFC 3986 does not allow in a path;
+//!   percent-encoded bytes that are not valid UTF-8 (overlong forms such as `%C0%AE`).
+//!
+//! A normalising Envoy (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action:
+//! REJECT_REQUEST`, as in `examples/envoy/envoy.yaml`) never forwards any of these except `;`,
+//! which no conforming client needs in a path that an authorizer must tell apart, so refusing
+//! them costs a correctly configured deployment nothing. There is deliberately no lenient mode.
+//! A pinned rule (`scopegate.rule`) goes through the same check: it ignores the path for rule
+//! selection but still refuses a path that is not in normal form.
+//!
+//! The normal form itself: the path without query or fragment, percent-escapes upper-cased,
+//! without a trailing `/` (except the root).
 
 use std::fmt::Write;
+
+use crate::rules::route::is_plain_segment_byte;
 
 /// Why a request was refused as malformed (answered 400 `invalid_request`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,20 +47,33 @@ pub enum RequestError {
     ForbiddenEscape,
     #[error("path contains a raw backslash")]
     Backslash,
-    #[error("path contains an encoded or parameterised dot segment")]
-    AmbiguousDotSegment,
+    #[error("path contains a '.' or '..' segment")]
+    DotSegment,
+    #[error("path contains an empty segment ('//')")]
+    EmptySegment,
+    #[error("path contains a segment parameter (';')")]
+    SegmentParameter,
+    #[error("path percent-encodes an unreserved character")]
+    EncodedUnreserved,
+    #[error("path contains an encoded '%' (double encoding)")]
+    DoubleEncoding,
+    #[error("path contains a character that is not allowed in a URI path")]
+    ForbiddenCharacter,
     #[error("path is too long")]
     PathTooLong,
     #[error("host is missing or invalid")]
     BadHost,
-    #[error("method is missing or invalid")]
+    #[error("method must be an upper-case token")]
     BadMethod,
-    #[error("Authorization header with Bearer scheme is malformed")]
+    #[error("Authorization header is malformed or repeated")]
     MalformedBearer,
 }
 
 /// Longest raw path accepted (Envoy's default `max_request_headers_kb` is 60 KiB).
 const MAX_PATH_BYTES: usize = 16 * 1024;
+
+/// Longest method accepted.
+const MAX_METHOD_BYTES: usize = 32;
 
 /// A request ready for matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +100,14 @@ impl Request {
     }
 }
 
+/// Methods are case-sensitive (RFC 9110 §9.1), but upstreams such as Werkzeug upper-case them:
+/// a rule for `DELETE` must not be side-stepped with `delete`. So only upper-case tokens pass.
 fn check_method(method: &str) -> Result<String, RequestError> {
     let ok = !method.is_empty()
-        && method.len() <= 32
-        && method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+        && method.len() <= MAX_METHOD_BYTES
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || matches!(b, b'-' | b'_'));
     if ok {
         Ok(method.to_string())
     } else {
@@ -104,74 +147,14 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
+use crate::rules::route::is_unreserved;
 
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// One decoded segment and whether any `.` in it came from an escape.
-struct DecodedSegment {
-    text: String,
-    encoded_dot: bool,
-}
-
-fn decode_segment(raw: &str) -> Result<DecodedSegment, RequestError> {
-    let bytes = raw.as_bytes();
-    let mut text = String::with_capacity(raw.len());
-    let mut encoded_dot = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let (hi, lo) = match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            ) {
-                (Some(hi), Some(lo)) => (hi, lo),
-                _ => return Err(RequestError::BadEscape),
-            };
-            let decoded = hi << 4 | lo;
-            if matches!(decoded, b'/' | b'\\') || decoded < 0x20 || decoded == 0x7F {
-                return Err(RequestError::ForbiddenEscape);
-            }
-            if is_unreserved(decoded) {
-                encoded_dot |= decoded == b'.';
-                text.push(decoded as char);
-            } else {
-                let _ = write!(text, "%{decoded:02X}");
-            }
-            i += 3;
-            continue;
-        }
-        if b == b'\\' {
-            return Err(RequestError::Backslash);
-        }
-        if b < 0x20 || b == 0x7F {
-            return Err(RequestError::ForbiddenEscape);
-        }
-        // Copy one UTF-8 character (or byte run) as it is.
-        let start = i;
-        i += 1;
-        while i < bytes.len()
-            && !matches!(bytes[i], b'%' | b'\\')
-            && bytes[i] >= 0x20
-            && bytes[i] != 0x7F
-        {
-            i += 1;
-        }
-        text.push_str(&raw[start..i]);
-    }
-    Ok(DecodedSegment { text, encoded_dot })
-}
-
-fn is_dot_segment(s: &str) -> bool {
-    s == "." || s == ".."
-}
-
-/// Normalises a request path (see the module docs). Query and fragment are dropped.
+/// Checks a request path and returns its normal form (see the module docs for what is refused
+/// and why). Query and fragment are dropped.
 pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     if raw.len() > MAX_PATH_BYTES {
         return Err(RequestError::PathTooLong);
@@ -180,47 +163,77 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     if !path.starts_with('/') {
         return Err(RequestError::PathNotAbsolute);
     }
-    if is_already_normal(path) {
-        let trimmed = path.trim_end_matches('/');
-        return Ok(if trimmed.is_empty() {
-            "/".to_string()
-        } else {
-            trimmed.to_string()
-        });
+    // One trailing slash is not significant; a second one is an empty segment.
+    let body = path.strip_suffix('/').unwrap_or(path);
+    let mut out = String::with_capacity(body.len().max(1));
+    for segment in body.split('/').skip(1) {
+        out.push('/');
+        push_segment(segment, &mut out)?;
     }
-    let mut out: Vec<String> = Vec::new();
-    for raw_segment in path.split('/') {
-        let segment = decode_segment(raw_segment)?;
-        let before_params = segment.text.split(';').next().unwrap_or("");
-        let dotty = is_dot_segment(&segment.text) || is_dot_segment(before_params);
-        if dotty && (segment.encoded_dot || segment.text.contains(';')) {
-            return Err(RequestError::AmbiguousDotSegment);
-        }
-        match segment.text.as_str() {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            _ => out.push(segment.text),
-        }
+    if out.is_empty() {
+        out.push('/');
     }
-    let mut normalised = String::with_capacity(path.len());
-    for segment in &out {
-        normalised.push('/');
-        normalised.push_str(segment);
-    }
-    if normalised.is_empty() {
-        normalised.push('/');
-    }
-    Ok(normalised)
+    Ok(out)
 }
 
-/// Fast path for the common case: nothing to decode, resolve or refuse.
-fn is_already_normal(path: &str) -> bool {
-    let plain = path
-        .bytes()
-        .all(|b| b >= 0x20 && b != 0x7F && !matches!(b, b'%' | b'\\' | b';'));
-    plain && !path.contains("//") && path.split('/').all(|s| s != "." && s != "..")
+/// Appends one segment in normal form, or refuses it.
+fn push_segment(segment: &str, out: &mut String) -> Result<(), RequestError> {
+    match segment {
+        "" => return Err(RequestError::EmptySegment),
+        "." | ".." => return Err(RequestError::DotSegment),
+        _ => {}
+    }
+    let bytes = segment.as_bytes();
+    // Bytes decoded from consecutive escapes: they must form valid UTF-8 (no overlong dots).
+    let mut escaped_run: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let decoded = match (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                (Some(hi), Some(lo)) => hi << 4 | lo,
+                _ => return Err(RequestError::BadEscape),
+            };
+            check_escaped_byte(decoded)?;
+            escaped_run.push(decoded);
+            let _ = write!(out, "%{decoded:02X}");
+            i += 3;
+            continue;
+        }
+        check_escaped_run(&mut escaped_run)?;
+        match b {
+            b';' => return Err(RequestError::SegmentParameter),
+            b'\\' => return Err(RequestError::Backslash),
+            0..=0x1F | 0x7F => return Err(RequestError::ForbiddenEscape),
+            _ if is_plain_segment_byte(b) => out.push(b as char),
+            _ => return Err(RequestError::ForbiddenCharacter),
+        }
+        i += 1;
+    }
+    check_escaped_run(&mut escaped_run)
+}
+
+fn check_escaped_byte(decoded: u8) -> Result<(), RequestError> {
+    match decoded {
+        b'/' | b'\\' | 0..=0x1F | 0x7F => Err(RequestError::ForbiddenEscape),
+        b';' => Err(RequestError::SegmentParameter),
+        b'%' => Err(RequestError::DoubleEncoding),
+        _ if is_unreserved(decoded) => Err(RequestError::EncodedUnreserved),
+        _ => Ok(()),
+    }
+}
+
+fn check_escaped_run(run: &mut Vec<u8>) -> Result<(), RequestError> {
+    let valid = std::str::from_utf8(run).is_ok();
+    run.clear();
+    if valid {
+        Ok(())
+    } else {
+        Err(RequestError::BadEscape)
+    }
 }
 
 /// The bearer token in an `Authorization` header value (RFC 6750 §2.1).
@@ -256,72 +269,171 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_are_normalised() {
+    fn normal_paths_are_kept() {
         let cases = [
             ("/", "/"),
-            ("", ""),
             ("/a/b", "/a/b"),
-            ("/a//b///c", "/a/b/c"),
-            ("/a/./b", "/a/b"),
-            ("/a/b/../c", "/a/c"),
-            ("/../../a", "/a"),
             ("/a/b/", "/a/b"),
-            ("/a?x=/admin", "/a"),
-            ("/a#frag", "/a"),
-            ("/%61%62c", "/abc"),
-            ("/a%7e", "/a~"),
+            ("/a?x=/../admin;x", "/a"),
+            ("/a#frag/../..", "/a"),
             ("/a%20b", "/a%20b"),
             ("/a%3f", "/a%3F"),
-            ("/caf\u{e9}", "/caf\u{e9}"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a/b:c@d!$&'()*+,=", "/a/b:c@d!$&'()*+,="),
+            ("/orders/1.json", "/orders/1.json"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/...", "/a/..."),
+            ("/a/..b", "/a/..b"),
         ];
         for (raw, want) in cases {
-            if want.is_empty() {
-                assert_eq!(
-                    normalise_path(raw),
-                    Err(RequestError::PathNotAbsolute),
-                    "{raw}"
-                );
-            } else {
-                assert_eq!(normalise_path(raw).as_deref(), Ok(want), "{raw}");
-            }
+            assert_eq!(normalise_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        assert_eq!(normalise_path("/a%2a").as_deref(), Ok("/a%2A"));
+    }
+
+    /// Every way of writing an empty segment, in every position, is refused.
+    #[test]
+    fn empty_segments_are_refused_everywhere() {
+        let cases = [
+            "//",
+            "//admin",
+            "/admin//",
+            "/admin//x",
+            "/admin//../orders/1",
+            "/admin///../../orders/1",
+            "/a/b//c/d",
+            "///",
+            "/admin//..",
+            "/admin/x//?q",
+        ];
+        for raw in cases {
+            assert_eq!(
+                normalise_path(raw),
+                Err(RequestError::EmptySegment),
+                "{raw}"
+            );
         }
     }
 
     #[test]
-    fn hostile_paths_are_refused() {
+    fn dot_segments_are_refused_raw_or_encoded() {
+        let dots = ["..", ".", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "%2e", "%2E"];
+        for dot in dots {
+            for template in ["/{}", "/{}/admin", "/public/{}/admin", "/a/{}", "/a/b/{}/"] {
+                let raw = template.replace("{}", dot);
+                let got = normalise_path(&raw);
+                assert!(
+                    matches!(
+                        got,
+                        Err(RequestError::DotSegment) | Err(RequestError::EncodedUnreserved)
+                    ),
+                    "{raw}: {got:?}"
+                );
+            }
+        }
+        assert_eq!(
+            normalise_path("/public/../admin"),
+            Err(RequestError::DotSegment)
+        );
+        assert_eq!(
+            normalise_path("/public/%2e%2e/admin"),
+            Err(RequestError::EncodedUnreserved)
+        );
+    }
+
+    /// `;` anywhere: `;`, `;x=1`, `..;`, `;/`, repeated, encoded, at the start and the end.
+    #[test]
+    fn segment_parameters_are_refused_everywhere() {
         let cases = [
-            ("/public/%2e%2e/admin", RequestError::AmbiguousDotSegment),
-            ("/public/%2E%2E/admin", RequestError::AmbiguousDotSegment),
-            ("/public/.%2e/admin", RequestError::AmbiguousDotSegment),
-            ("/public/%2e/admin", RequestError::AmbiguousDotSegment),
-            ("/public/..;/admin", RequestError::AmbiguousDotSegment),
-            ("/public/..;x=1/admin", RequestError::AmbiguousDotSegment),
+            "/orders/;/../admin",
+            "/orders/;x=1/../admin",
+            "/orders/;x=1;y=2/../admin",
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/public/.;/admin",
+            "/admin;x=1/orders",
+            "/admin;/orders",
+            "/;/admin",
+            "/;",
+            "/orders;",
+            "/orders/1;",
+            "/orders/1;jsessionid=abc",
+            "/orders/;/",
+            "/orders/%3b/../admin",
+            "/orders/%3B",
+            "/admin%3Bx=1/orders",
+        ];
+        for raw in cases {
+            assert_eq!(
+                normalise_path(raw),
+                Err(RequestError::SegmentParameter),
+                "{raw}"
+            );
+        }
+        // Mixed with an encoded dot, the first offence found wins; either way it is refused.
+        for raw in ["/a/%2e;/admin", "/a/;%2e/admin", "/a/;/%2e%2e/admin"] {
+            assert!(normalise_path(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn escapes_that_could_change_meaning_are_refused() {
+        let cases = [
             ("/public%2f..%2fadmin", RequestError::ForbiddenEscape),
             ("/public%2F..%2Fadmin", RequestError::ForbiddenEscape),
             ("/public%5c..%5cadmin", RequestError::ForbiddenEscape),
-            ("/public\\..\\admin", RequestError::Backslash),
             ("/a%00", RequestError::ForbiddenEscape),
-            ("/a\u{0}", RequestError::ForbiddenEscape),
             ("/a%0a", RequestError::ForbiddenEscape),
+            ("/a%7F", RequestError::ForbiddenEscape),
+            ("/%2561dmin", RequestError::DoubleEncoding),
+            ("/public/%252e%252e/admin", RequestError::DoubleEncoding),
+            ("/%61dmin", RequestError::EncodedUnreserved),
+            ("/a%7e", RequestError::EncodedUnreserved),
             ("/a%zz", RequestError::BadEscape),
             ("/a%2", RequestError::BadEscape),
-            ("admin", RequestError::PathNotAbsolute),
-            ("*", RequestError::PathNotAbsolute),
+            ("/a%", RequestError::BadEscape),
+            ("/%c0%ae%c0%ae/admin", RequestError::BadEscape),
+            ("/%e0%80%ae", RequestError::BadEscape),
+            ("/a%80", RequestError::BadEscape),
+            ("/caf%C3", RequestError::BadEscape),
         ];
         for (raw, want) in cases {
             assert_eq!(normalise_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn raw_characters_outside_a_uri_path_are_refused() {
+        let cases = [
+            ("/public\\..\\admin", RequestError::Backslash),
+            ("/a\\b", RequestError::Backslash),
+            ("/a\u{0}", RequestError::ForbiddenEscape),
+            ("/a\tb", RequestError::ForbiddenEscape),
+            ("/a\u{7f}", RequestError::ForbiddenEscape),
+            ("/a b", RequestError::ForbiddenCharacter),
+            ("/caf\u{e9}", RequestError::ForbiddenCharacter),
+            ("/a\"b", RequestError::ForbiddenCharacter),
+            ("/a<b>", RequestError::ForbiddenCharacter),
+            ("/a{b}", RequestError::ForbiddenCharacter),
+            ("/a|b", RequestError::ForbiddenCharacter),
+            ("/a^b", RequestError::ForbiddenCharacter),
+            ("/a`b", RequestError::ForbiddenCharacter),
+            ("/\u{ff0f}admin", RequestError::ForbiddenCharacter),
+            ("admin", RequestError::PathNotAbsolute),
+            ("*", RequestError::PathNotAbsolute),
+            ("", RequestError::PathNotAbsolute),
+            (
+                "http://api.example.com/static/../admin/x",
+                RequestError::PathNotAbsolute,
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalise_path(raw), Err(want), "{raw:?}");
         }
         assert_eq!(
             normalise_path(&"/a".repeat(10_000)),
             Err(RequestError::PathTooLong)
         );
-    }
-
-    #[test]
-    fn plain_dot_segments_resolve_and_cannot_escape() {
-        // Raw dots are resolved (as every server does), so the matched path is the served path.
-        assert_eq!(normalise_path("/public/../admin").as_deref(), Ok("/admin"));
-        assert_eq!(normalise_path("/a;v=1/b").as_deref(), Ok("/a;v=1/b"));
     }
 
     #[test]
@@ -375,9 +487,22 @@ mod tests {
     }
 
     #[test]
-    fn methods_are_tokens() {
-        assert!(Request::new("h", "GET", "/").is_ok());
-        assert_eq!(Request::new("h", "", "/"), Err(RequestError::BadMethod));
-        assert_eq!(Request::new("h", "G T", "/"), Err(RequestError::BadMethod));
+    fn methods_are_upper_case_tokens() {
+        for good in ["GET", "DELETE", "VERSION-CONTROL", "M_SEARCH"] {
+            assert!(Request::new("h", good, "/").is_ok(), "{good}");
+        }
+        for bad in [
+            "", "G T", "delete", "Delete", "gEt", "GET\u{0}", "GET1", "G\u{c9}T",
+        ] {
+            assert_eq!(
+                Request::new("h", bad, "/"),
+                Err(RequestError::BadMethod),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Request::new("h", &"A".repeat(33), "/"),
+            Err(RequestError::BadMethod)
+        );
     }
 }

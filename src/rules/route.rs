@@ -153,10 +153,29 @@ fn parse_segment(raw: &str, part: &str) -> Result<Segment, RouteError> {
             "'**' is only allowed as the last segment; '{' '}' only as a whole {param} segment",
         );
     }
-    if part == "." || part == ".." || part.contains('%') {
-        return bad("literal segments must be normalised (no '.', '..' or percent-encoding)");
+    if part == "." || part == ".." || !part.bytes().all(is_plain_segment_byte) {
+        return bad(
+            "literal segments must be in normal form: no '.', '..', ';', percent-encoding, \
+             non-ASCII or other characters a request path may not carry",
+        );
     }
     Ok(Segment::Literal(part.to_string()))
+}
+
+/// RFC 3986 unreserved characters (never percent-encoded in a normal-form path).
+pub fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// A byte that may stand for itself in a normal-form path segment: RFC 3986 `pchar` without `%`
+/// (escapes are checked one by one) and without `;` (segment parameters are refused). Rule
+/// literals use the same alphabet, so every rule can match a request that passes.
+pub fn is_plain_segment_byte(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
 }
 
 /// What a token must carry for a route.

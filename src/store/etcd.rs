@@ -5,7 +5,6 @@
 //! from the last applied revision + 1; if that revision was compacted, reload the whole prefix.
 //! Periodic progress requests confirm the snapshot is current (for `--max-staleness`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,27 +13,33 @@ use etcd_client::{
     WatchOptions, WatchResponse,
 };
 
-use super::{Snapshot, SnapshotStore};
-use crate::cli::EtcdArgs;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+use super::publish::Publisher;
+use super::SnapshotStore;
 use crate::rules::{Entry, EntryKind, ParseContext, RuleSet};
 use crate::telemetry::Metrics;
 
-/// Why the etcd source could not be configured or lost its session.
+/// Why an etcd session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("configuration: {0}")]
-    Config(String),
     #[error("etcd: {0}")]
     Client(#[from] etcd_client::Error),
     #[error("watch stream ended")]
     StreamEnded,
     #[error("watch cancelled by etcd: {0}")]
     Cancelled(String),
+    #[error("member offered revision {offered}, older than the applied {applied}")]
+    Behind { offered: i64, applied: i64 },
+}
+
+/// TLS to etcd, as PEM bytes already read by `config`.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// CA certificate to verify etcd's server certificate (system roots when absent).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// How to reach etcd and what to watch.
@@ -42,7 +47,7 @@ pub enum EtcdError {
 pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     pub prefix: String,
-    pub tls: Option<TlsOptions>,
+    pub tls: Option<EtcdTls>,
     pub user: Option<(String, String)>,
     pub timeout: Duration,
     /// How often the watch asks etcd to confirm progress.
@@ -62,15 +67,8 @@ impl std::fmt::Debug for EtcdSettings {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(path).map_err(|source| EtcdError::ReadFile {
-        path: path.clone(),
-        source,
-    })
-}
-
 impl EtcdSettings {
-    /// Plain settings for endpoints and prefix (tests, examples).
+    /// Plain settings for endpoints and prefix, other values at their defaults.
     pub fn new(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
         EtcdSettings {
             endpoints,
@@ -84,39 +82,6 @@ impl EtcdSettings {
         }
     }
 
-    /// Builds settings from the CLI, reading certificates and the password from files/env.
-    pub fn from_args(args: &EtcdArgs) -> Result<EtcdSettings, EtcdError> {
-        if !args.etcd_prefix.starts_with('/') || !args.etcd_prefix.ends_with('/') {
-            return Err(EtcdError::Config(
-                "--etcd-prefix must start and end with '/'".into(),
-            ));
-        }
-        let mut settings = EtcdSettings::new(args.etcd_endpoints.clone(), &args.etcd_prefix);
-        settings.timeout = args.etcd_timeout;
-        if args.etcd_ca_file.is_some() || args.etcd_cert_file.is_some() {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &args.etcd_ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-            }
-            if let (Some(cert), Some(key)) = (&args.etcd_cert_file, &args.etcd_key_file) {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            settings.tls = Some(tls);
-        }
-        if let Some(user) = &args.etcd_user {
-            let password = match &args.etcd_password_file {
-                Some(file) => String::from_utf8_lossy(&read(file)?).trim_end().to_string(),
-                None => std::env::var("SCOPEGATE_ETCD_PASSWORD").map_err(|_| {
-                    EtcdError::Config(
-                        "--etcd-user needs --etcd-password-file or SCOPEGATE_ETCD_PASSWORD".into(),
-                    )
-                })?,
-            };
-            settings.user = Some((user.clone(), password));
-        }
-        Ok(settings)
-    }
-
     fn connect_options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
@@ -125,7 +90,14 @@ impl EtcdSettings {
             // A member that lost its leader fails the watch instead of silently stalling.
             .with_require_leader(true);
         if let Some(tls) = &self.tls {
-            options = options.with_tls(tls.clone());
+            let mut options_tls = TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                options_tls = options_tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity_pem {
+                options_tls = options_tls.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(options_tls);
         }
         if let Some((user, password)) = &self.user {
             options = options.with_user(user.clone(), password.clone());
@@ -134,77 +106,124 @@ impl EtcdSettings {
     }
 }
 
+/// How a session ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The watch's start revision was compacted: reload the whole prefix, at once.
+    Reload,
+}
+
+/// Which endpoint to try next and how long to wait first: one endpoint per session, rotated
+/// after every failure, so the member that just failed (down, or cut off from its leader) is not
+/// the next one asked; after a full round of failures, an exponential backoff with jitter.
+#[derive(Debug)]
+pub struct Reconnect {
+    endpoints: usize,
+    next: usize,
+    failures_in_round: usize,
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
+}
+
+impl Reconnect {
+    pub fn new(endpoints: usize, min: Duration, max: Duration) -> Reconnect {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times();
+        Reconnect {
+            endpoints: endpoints.max(1),
+            next: 0,
+            failures_in_round: 0,
+            delays: builder.build(),
+            builder,
+        }
+    }
+
+    /// The index of the endpoint for the next session.
+    pub fn endpoint(&self) -> usize {
+        self.next % self.endpoints
+    }
+
+    /// A session was established (its watch was created): start the next failure afresh.
+    pub fn connected(&mut self) {
+        self.failures_in_round = 0;
+        self.delays = self.builder.build();
+    }
+
+    /// A session failed: move to the next endpoint; after a full round, wait the backoff.
+    /// Returns how long it waited.
+    pub async fn failed(&mut self) -> Duration {
+        self.next = self.next.wrapping_add(1);
+        self.failures_in_round += 1;
+        if self.failures_in_round < self.endpoints {
+            return Duration::ZERO;
+        }
+        self.failures_in_round = 0;
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(delay).await;
+        delay
+    }
+}
+
 /// The running etcd source.
 #[derive(Debug)]
 pub struct EtcdSource {
     settings: EtcdSettings,
-    store: Arc<SnapshotStore>,
-    metrics: Arc<Metrics>,
+    book: Publisher,
     /// Validated entries in force (the last good version of every key).
     rules: RuleSet,
     /// Last revision applied; 0 before the first load.
     revision: i64,
     /// Set when the watch found its start revision compacted.
     needs_reload: bool,
-    /// Index of the endpoint the next session uses; advanced after every failure.
-    endpoint: usize,
 }
 
 impl EtcdSource {
     pub fn new(settings: EtcdSettings, store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Self {
         EtcdSource {
             settings,
-            store,
-            metrics,
+            book: Publisher::new(store, metrics),
             rules: RuleSet::default(),
             revision: 0,
             needs_reload: true,
-            endpoint: 0,
         }
     }
 
-    /// Runs until the task is dropped: load, watch, and on any error fail over to the next
-    /// endpoint at once; after a full round of failed endpoints, wait (exponential backoff).
+    /// Runs until the task is dropped: load, watch, and on any error fail over (see
+    /// [`Reconnect`]); resume from the last applied revision + 1.
     pub async fn run(mut self) {
-        let mut backoff = self.settings.backoff_min;
-        let mut failures = 0usize;
+        let s = &self.settings;
+        let mut reconnect = Reconnect::new(s.endpoints.len(), s.backoff_min, s.backoff_max);
         loop {
-            let count = self.settings.endpoints.len();
-            let endpoint = self.settings.endpoints[self.endpoint % count].clone();
-            let outcome = self.session(&endpoint, &mut backoff, &mut failures).await;
-            if let Err(e) = outcome {
-                self.metrics.watch_restarts.inc();
-                self.endpoint = self.endpoint.wrapping_add(1);
-                failures += 1;
-                let full_round = failures.is_multiple_of(count);
-                tracing::warn!(
-                    %endpoint,
-                    error = %e,
-                    applied_revision = self.revision,
-                    retry_in_ms = if full_round { backoff.as_millis() as u64 } else { 0 },
-                    "etcd session lost; serving the last snapshot and reconnecting"
-                );
-                if full_round {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.settings.backoff_max);
+            let endpoint = self.settings.endpoints[reconnect.endpoint()].clone();
+            match self.session(&endpoint, &mut reconnect).await {
+                Ok(SessionEnd::Reload) => self.needs_reload = true,
+                Err(e) => {
+                    self.book.metrics().watch_restarts.inc();
+                    tracing::warn!(
+                        %endpoint,
+                        error = %e,
+                        applied_revision = self.revision,
+                        "etcd session lost; serving the last snapshot and reconnecting"
+                    );
+                    let waited = reconnect.failed().await;
+                    tracing::debug!(waited_ms = waited.as_millis() as u64, "reconnecting");
                 }
             }
         }
     }
 
     /// One connection to one endpoint: (re)load if needed, then watch until something breaks.
-    /// One endpoint per session, rotated on failure, so the member that just failed us (down,
-    /// or cut off from its leader) is not the one the next attempt goes to.
     async fn session(
         &mut self,
         endpoint: &str,
-        backoff: &mut Duration,
-        failures: &mut usize,
-    ) -> Result<(), EtcdError> {
+        reconnect: &mut Reconnect,
+    ) -> Result<SessionEnd, EtcdError> {
         let options = Some(self.settings.connect_options());
         tracing::debug!(endpoint, "connecting to etcd");
         let mut client = Client::connect([endpoint], options).await?;
-        tracing::debug!(endpoint, needs_reload = self.needs_reload, "connected");
         if self.needs_reload {
             self.load(&mut client).await?;
         }
@@ -222,12 +241,11 @@ impl EtcdSource {
                 message = stream.message() => {
                     let response = message?.ok_or(EtcdError::StreamEnded)?;
                     if response.created() {
-                        *backoff = self.settings.backoff_min;
-                        *failures = 0;
-                        self.store.confirm();
+                        reconnect.connected();
+                        self.book.confirm();
                     }
-                    if !self.handle(response)? {
-                        return Ok(());
+                    if let Some(end) = self.handle(response)? {
+                        return Ok(end);
                     }
                 }
                 _ = progress.tick() => stream.request_progress().await?,
@@ -244,7 +262,21 @@ impl EtcdSource {
             )
             .await?;
         let revision = response.header().map_or(0, |h| h.revision());
+        if revision < self.revision {
+            // A lagging member: never go back to an older rule set (a revocation once enforced
+            // stays enforced). Fail over to the next endpoint instead.
+            tracing::warn!(
+                revision,
+                applied_revision = self.revision,
+                "etcd member is behind the applied revision; refusing its snapshot"
+            );
+            return Err(EtcdError::Behind {
+                offered: revision,
+                applied: self.revision,
+            });
+        }
         let previous = std::mem::take(&mut self.rules);
+        self.book.accept_all();
         for kv in response.kvs() {
             self.put(kv, revision, Some(&previous));
         }
@@ -259,16 +291,15 @@ impl EtcdSource {
         Ok(())
     }
 
-    /// Applies one watch response. `Ok(false)`: the watch must be re-created (after a reload).
-    fn handle(&mut self, response: WatchResponse) -> Result<bool, EtcdError> {
+    /// Applies one watch response; `Some(end)` ends the session.
+    fn handle(&mut self, response: WatchResponse) -> Result<Option<SessionEnd>, EtcdError> {
         if response.compact_revision() > 0 {
             tracing::warn!(
                 compact_revision = response.compact_revision(),
                 applied_revision = self.revision,
                 "watch start revision was compacted; reloading the whole prefix"
             );
-            self.needs_reload = true;
-            return Ok(false);
+            return Ok(Some(SessionEnd::Reload));
         }
         if response.canceled() {
             return Err(EtcdError::Cancelled(response.cancel_reason().to_string()));
@@ -276,8 +307,8 @@ impl EtcdSource {
         let events = response.events();
         if events.is_empty() {
             // Progress notification (or watch created): nothing changed up to its revision.
-            self.store.confirm();
-            return Ok(true);
+            self.book.confirm();
+            return Ok(None);
         }
         let mut revision = self.revision;
         for event in events {
@@ -290,7 +321,7 @@ impl EtcdSource {
         }
         self.revision = revision;
         self.publish();
-        Ok(true)
+        Ok(None)
     }
 
     fn relative_key<'k>(&self, kv: &'k KeyValue) -> Option<(EntryKind, &'k str)> {
@@ -317,7 +348,10 @@ impl EtcdSource {
                     .map_err(|e| e.message)
             });
         match parsed {
-            Ok(entry) => self.rules.insert(id, entry),
+            Ok(entry) => {
+                self.rules.insert(id, entry);
+                self.book.accept(&key);
+            }
             Err(error) => {
                 if let Some(previous) = fallback {
                     carry_over(previous, &mut self.rules, kind, id);
@@ -331,26 +365,15 @@ impl EtcdSource {
         if let Some((kind, id)) = self.relative_key(kv) {
             self.rules.remove(kind, id);
         }
+        self.book.accept(&String::from_utf8_lossy(kv.key()));
     }
 
-    fn reject(&self, key: &str, revision: i64, error: &str) {
-        self.metrics.rule_errors.inc();
-        tracing::error!(
-            key,
-            revision,
-            error,
-            "etcd value rejected; the last good version of this key stays in force"
-        );
-        self.store
-            .set_last_error(Some(format!("{key} @ revision {revision}: {error}")));
+    fn reject(&mut self, key: &str, revision: i64, error: &str) {
+        self.book.reject(key, revision, error.to_string());
     }
 
     fn publish(&mut self) {
-        let previous = self.store.current();
-        let snapshot = Snapshot::build(self.rules.clone(), self.revision, previous.as_deref());
-        self.store.publish(snapshot);
-        self.metrics.snapshot_revision.set(self.revision);
-        self.metrics.record_reload(true);
+        self.book.publish(self.rules.clone(), self.revision);
     }
 }
 

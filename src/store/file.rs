@@ -13,7 +13,8 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{Snapshot, SnapshotStore};
+use super::publish::Publisher;
+use super::SnapshotStore;
 use crate::rules::document::{self, DocumentError};
 use crate::telemetry::Metrics;
 
@@ -25,8 +26,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
-    store: Arc<SnapshotStore>,
-    metrics: Arc<Metrics>,
+    book: Publisher,
     revision: i64,
     last_seen: Option<[u8; 32]>,
 }
@@ -35,8 +35,7 @@ impl FileSource {
     pub fn new(path: &Path, store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> FileSource {
         FileSource {
             path: path.to_path_buf(),
-            store,
-            metrics,
+            book: Publisher::new(store, metrics),
             revision: 0,
             last_seen: None,
         }
@@ -70,13 +69,9 @@ impl FileSource {
 
     fn apply(&mut self, rules: crate::rules::RuleSet) {
         self.revision += 1;
-        let previous = self.store.current();
         let routes = rules.routes.len();
-        let snapshot = Snapshot::build(rules, self.revision, previous.as_deref());
-        self.store.publish(snapshot);
-        self.store.set_last_error(None);
-        self.metrics.snapshot_revision.set(self.revision);
-        self.metrics.record_reload(true);
+        self.book.publish(rules, self.revision);
+        self.book.accept_all();
         tracing::info!(path = %self.path.display(), revision = self.revision, routes, "rules loaded");
     }
 
@@ -90,7 +85,7 @@ impl FileSource {
             }
         };
         if self.last_seen == Some(digest) {
-            self.store.confirm();
+            self.book.confirm();
             return;
         }
         self.last_seen = Some(digest);
@@ -100,16 +95,11 @@ impl FileSource {
         }
     }
 
+    /// The whole file is rejected; the previous snapshot stays in force.
     fn reject(&mut self, error: String) {
-        self.metrics.rule_errors.inc();
-        self.metrics.record_reload(false);
-        tracing::error!(
-            path = %self.path.display(),
-            kept_revision = self.revision,
-            error = %error,
-            "rules file rejected; the previous rules stay in force"
-        );
-        self.store.set_last_error(Some(error));
+        self.book.metrics().record_reload(false);
+        let key = self.path.display().to_string();
+        self.book.reject(&key, self.revision, error);
     }
 
     /// Watches the file until the task is dropped. `poll` is the fallback re-read interval.

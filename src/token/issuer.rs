@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::jwks::{self, KeyError, VerificationKey};
+use super::jwks::{self, JwksKeys, KeyError, SkippedKey, VerificationKey};
 
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 const MAX_LEEWAY_SECONDS: u64 = 300;
@@ -35,6 +35,9 @@ pub struct IssuerConfig {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub keys: Vec<VerificationKey>,
+    /// JWKS keys left out (encryption keys, unsupported or weak keys, algorithms not pinned),
+    /// with their reasons, for logs and `scopegate rules validate`.
+    pub skipped_keys: Vec<SkippedKey>,
     pub require_typ: Option<String>,
     pub leeway_seconds: u64,
     /// Prebuilt validation (iss, aud, exp, nbf, leeway) for each pinned algorithm (one
@@ -85,7 +88,19 @@ impl IssuerConfig {
             ));
         }
         let algorithms = parse_algorithms(&raw.algorithms)?;
-        let keys = load_keys(&raw, &algorithms, base_dir)?;
+        let JwksKeys {
+            keys,
+            skipped: skipped_keys,
+        } = load_keys(&raw, &algorithms, base_dir)?;
+        for skipped in &skipped_keys {
+            if skipped.is_expected() {
+                tracing::debug!(issuer = name, index = skipped.index, kid = ?skipped.kid,
+                    reason = %skipped.reason, "JWKS key skipped");
+            } else {
+                tracing::warn!(issuer = name, index = skipped.index, kid = ?skipped.kid,
+                    reason = %skipped.reason, "JWKS key skipped");
+            }
+        }
         let leeway_seconds = raw.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
         if leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(IssuerError::Invalid("leeway_seconds must be at most 300"));
@@ -100,6 +115,7 @@ impl IssuerConfig {
             audiences: raw.audiences,
             algorithms,
             keys,
+            skipped_keys,
             require_typ: raw.require_typ,
             leeway_seconds,
             validations,
@@ -154,7 +170,7 @@ fn load_keys(
     raw: &RawIssuer,
     algorithms: &[Algorithm],
     base_dir: Option<&Path>,
-) -> Result<Vec<VerificationKey>, IssuerError> {
+) -> Result<JwksKeys, IssuerError> {
     let uses_hmac = algorithms.iter().any(|a| is_hmac(*a));
     match (&raw.jwks, &raw.jwks_file, &raw.hmac_secret_file) {
         (Some(_), _, Some(_)) | (_, Some(_), Some(_)) | (Some(_), Some(_), _) => Err(
@@ -172,10 +188,13 @@ fn load_keys(
             let jwks = jwks::read_jwks_file(&resolve(base_dir, file))?;
             Ok(jwks::keys_from_jwks(&jwks, algorithms)?)
         }
-        (None, None, Some(file)) => Ok(vec![jwks::key_from_secret_file(
-            &resolve(base_dir, file),
-            algorithms,
-        )?]),
+        (None, None, Some(file)) => Ok(JwksKeys {
+            keys: vec![jwks::key_from_secret_file(
+                &resolve(base_dir, file),
+                algorithms,
+            )?],
+            skipped: Vec::new(),
+        }),
     }
 }
 
@@ -233,6 +252,93 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn skipped_keys_are_kept_on_the_issuer() {
+        let jwks: Value = serde_json::from_str(
+            &std::fs::read_to_string(keys_dir().join("demo-jwks.json")).unwrap(),
+        )
+        .unwrap();
+        let mut keys = jwks["keys"].as_array().unwrap().clone();
+        keys.push(json!({"kty": "OKP", "crv": "X25519", "x": "AAAA", "kid": "ecdh"}));
+        let cfg = IssuerConfig::from_json(
+            "mixed",
+            &json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks":{"keys":keys}}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(cfg.keys.len(), 1);
+        let listed: Vec<String> = cfg.skipped_keys.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            listed,
+            vec![
+                "JWKS key #1 (kid \"demo-ec-p256-1\"): usable only with ES256, which this issuer does not pin",
+                "JWKS key #2 (kid \"demo-ec-p384-1\"): usable only with ES384, which this issuer does not pin",
+                "JWKS key #3 (kid \"demo-ed25519-1\"): usable only with EdDSA, which this issuer does not pin",
+                "JWKS key #4 (kid \"ecdh\"): unsupported curve \"X25519\" for kty OKP (EC: P-256, P-384; OKP: Ed25519)",
+            ]
+        );
+        // Only a set without any usable key is fatal.
+        let err = IssuerConfig::from_json(
+            "bad",
+            &json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],
+                    "jwks":{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}}),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, IssuerError::Keys(KeyError::NoUsableKey { skipped }) if skipped.len() == 1),
+            "{err}"
+        );
+    }
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_skipped_key_is_logged_with_its_kid_and_reason() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            IssuerConfig::from_json(
+                "logged",
+                &json!({"issuer":"i","audiences":["a"],"algorithms":["ES256"],"jwks":{"keys":[
+                    {"kty":"EC","crv":"P-521","kid":"p521","x":"AAAA","y":"AAAA"},
+                    {"kty":"EC","crv":"P-256","kid":"ok",
+                     "x":"PLaDrYS6S1SQ398oKjkXHyiNbLQWoci1kOMidxpxU-s",
+                     "y":"jW5ojzTlFa4AAUw-tP5eKR-hah9CkruX__5CL2Mr_8I"}]}}),
+                None,
+            )
+            .unwrap();
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains(" WARN "), "{text}");
+        assert!(
+            lines[0].ends_with(
+                "JWKS key skipped issuer=\"logged\" index=0 kid=Some(\"p521\") \
+                 reason=unsupported curve \"P-521\" for kty EC (EC: P-256, P-384; OKP: Ed25519)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

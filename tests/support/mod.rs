@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod etcd;
+pub mod path_readings;
 pub mod proxy;
 pub mod server;
 pub mod tokens;

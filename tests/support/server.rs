@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use clap::Parser;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use scopegate::app::{self, RunningApp};
-use scopegate::cli::{Cli, Command, ServeArgs};
+use scopegate::cli::{Cli, Command};
+use scopegate::config::Config;
 use tonic::transport::Channel;
 
 /// The HTTP-level answer Envoy would act on.
@@ -93,8 +93,8 @@ pub fn check_request(
     }
 }
 
-/// Parses `serve` flags as the binary would.
-pub fn serve_args(extra: &[&str]) -> ServeArgs {
+/// Parses `serve` flags into the configuration, as the binary does.
+pub fn serve_args(extra: &[&str]) -> Config {
     let mut argv = vec![
         "scopegate",
         "serve",
@@ -104,8 +104,8 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
         "127.0.0.1:0",
     ];
     argv.extend_from_slice(extra);
-    match Cli::parse_from(argv).command {
-        Command::Serve(args) => *args,
+    match Cli::try_parse_args(argv).expect("valid flags").command {
+        Command::Serve(args) => args.into_config().expect("valid configuration"),
         _ => unreachable!(),
     }
 }

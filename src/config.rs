@@ -1,0 +1,228 @@
+//! The typed, validated configuration of `scopegate serve`: what `cli` produces and `app`
+//! builds from. Files named by the configuration (etcd certificates, the etcd password file)
+//! are read here, once, so nothing below `app` reads files for settings or the environment.
+//! Defaults are named constants, used by both the command line and `Default` impls.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use crate::check::DEFAULT_MAX_TOKEN_BYTES;
+pub use crate::grpc::{
+    DEFAULT_CLIENT_ID_HEADER, DEFAULT_REALM, DEFAULT_SCOPES_HEADER, DEFAULT_SUBJECT_HEADER,
+};
+
+use crate::check::CheckSettings;
+use crate::grpc::ResponseSettings;
+use crate::store::etcd::{EtcdSettings, EtcdTls};
+use crate::telemetry::LogFormat;
+
+/// gRPC listen address (ext_authz and grpc.health.v1).
+pub const DEFAULT_LISTEN: SocketAddr = loopback(9191);
+/// Admin HTTP listen address.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = loopback(9192);
+/// Longest time verified claims are cached (never beyond `exp`).
+pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
+/// Most verified tokens kept in the cache.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
+/// Fallback re-read interval of a rules file.
+pub const DEFAULT_RULES_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Time in-flight checks get to finish after SIGTERM/SIGINT.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// etcd key prefix holding the rules.
+pub const DEFAULT_ETCD_PREFIX: &str = "/scopegate/";
+/// Timeout for connecting to etcd and for each request.
+pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where the rules come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// The embedded default: a rules file, hot-reloaded.
+    File {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
+    /// Production: an etcd prefix, watched.
+    Etcd(EtcdSettings),
+}
+
+/// The verified-claims cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    pub capacity: u64,
+    pub max_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            capacity: DEFAULT_CACHE_CAPACITY,
+            max_ttl: DEFAULT_CACHE_MAX_TTL,
+        }
+    }
+}
+
+/// Everything `scopegate serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub source: SourceConfig,
+    pub check: CheckSettings,
+    pub response: ResponseSettings,
+    pub cache: CacheSettings,
+    pub log_format: LogFormat,
+    /// Runtime worker threads; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with every default, serving `source`.
+    pub fn new(source: SourceConfig) -> Config {
+        Config {
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
+            source,
+            check: CheckSettings::default(),
+            response: ResponseSettings::default(),
+            cache: CacheSettings::default(),
+            log_format: LogFormat::Json,
+            worker_threads: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+const fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// What the command line says about etcd, before files are read.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdInput {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// From the environment (`SCOPEGATE_ETCD_PASSWORD`), never from an argument.
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+impl EtcdInput {
+    /// Validates the prefix and reads certificates and the password.
+    pub fn into_settings(self) -> Result<EtcdSettings, ConfigError> {
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
+            return Err(ConfigError::Invalid(
+                "--etcd-prefix must start and end with '/'".into(),
+            ));
+        }
+        if self.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(ConfigError::Invalid(
+                "--etcd-endpoints has an empty entry".into(),
+            ));
+        }
+        let mut settings = EtcdSettings::new(self.endpoints, &self.prefix);
+        settings.timeout = self.timeout;
+        if self.ca_file.is_some() || self.cert_file.is_some() {
+            settings.tls = Some(EtcdTls {
+                ca_pem: self.ca_file.as_deref().map(read).transpose()?,
+                identity_pem: match (&self.cert_file, &self.key_file) {
+                    (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid(
+                            "--etcd-cert-file and --etcd-key-file go together".into(),
+                        ))
+                    }
+                },
+            });
+        }
+        if let Some(user) = self.user {
+            let password = match (&self.password_file, self.password) {
+                (Some(file), _) => String::from_utf8_lossy(&read(file)?).trim_end().to_string(),
+                (None, Some(password)) => password,
+                (None, None) => {
+                    return Err(ConfigError::Invalid(
+                        "--etcd-user needs --etcd-password-file or SCOPEGATE_ETCD_PASSWORD".into(),
+                    ))
+                }
+            };
+            settings.user = Some((user, password));
+        }
+        Ok(settings)
+    }
+}
+
+/// Header names must be valid, lower-case HTTP field names (Envoy compares them lower-case).
+pub fn header_name(flag: &str, name: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{flag} {name:?} is not an HTTP header name"
+        )))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_input_is_validated() {
+        let input = |prefix: &str| EtcdInput {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: prefix.into(),
+            timeout: DEFAULT_ETCD_TIMEOUT,
+            ..EtcdInput::default()
+        };
+        assert!(input("/scopegate/").into_settings().is_ok());
+        for bad in ["scopegate/", "/scopegate", ""] {
+            let err = input(bad).into_settings().unwrap_err().to_string();
+            assert_eq!(err, "--etcd-prefix must start and end with '/'", "{bad}");
+        }
+        let mut with_user = input("/s/");
+        with_user.user = Some("u".into());
+        let err = with_user.clone().into_settings().unwrap_err().to_string();
+        assert!(err.contains("SCOPEGATE_ETCD_PASSWORD"), "{err}");
+        with_user.password = Some("pw".into());
+        let settings = with_user.into_settings().unwrap();
+        assert_eq!(settings.user, Some(("u".into(), "pw".into())));
+    }
+
+    #[test]
+    fn header_names_are_checked_and_lower_cased() {
+        assert_eq!(header_name("--x", "X-Sub").unwrap(), "x-sub");
+        for bad in ["", "a b", "a:b", "a\nb"] {
+            assert!(header_name("--x", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Security issue regressions over real gRPC: what the upstream is told (never an identity or
+//! a scope that did not pass), credentials that are ambiguous, methods upstreams fold, tokens
+//! whose claims would escape revocations, and paths that are not in normal form (pinned or not).
+
+mod support;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use serde_json::json;
+use support::server::{check_request, Answer, TestServer};
+use support::tokens::{self, claims, sign, token};
+
+const ADMIN_PREFIX: &str = "/admin";
+
+fn rules() -> String {
+    format!(
+        r#"
+issuers:
+{issuer}
+routes:
+  orders-read: {{host: api.example.com, path: "/orders/**", methods: [GET], require: {{all: [orders:read]}}}}
+  tenant-orders: {{host: api.example.com, path: "/{{tenant}}/orders", require: {{all: [orders:read]}}}}
+  admin: {{host: api.example.com, path: {ADMIN_PREFIX}/**, require: {{all: [admin]}}}}
+  delete-orders: {{host: api.example.com, path: /items/**, methods: [DELETE], require: {{all: [items:delete]}}}}
+  items: {{host: api.example.com, path: /items/**, require: {{all: [orders:read]}}}}
+  shadow: {{host: api.example.com, path: /shadow/**, require: {{all: [shadow:read]}}, mode: dry_run}}
+revoked:
+  sub: {{bad-user: {{issued_before: 4102444800}}}}
+"#,
+        issuer = tokens::issuer_yaml()
+    )
+}
+
+async fn server() -> TestServer {
+    TestServer::with_rules(&rules(), &[]).await
+}
+
+fn assert_denied(a: &Answer, status: u16, reason: &str, what: &str) {
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (status, Some(reason)),
+        "{what}: {a:?}"
+    );
+}
+
+#[tokio::test]
+async fn scp_elements_that_are_not_scope_tokens_are_neither_granted_nor_echoed() {
+    let mut s = server().await;
+    let mut c = claims("alice", "");
+    c.as_object_mut().unwrap().remove("scope");
+    c["scp"] = json!([
+        "orders:read",
+        "x admin",
+        "admin\u{0}",
+        "tab\tadmin",
+        "quote\"admin"
+    ]);
+    let t = sign(jsonwebtoken::Algorithm::RS256, &c);
+    let a = s
+        .check("GET", "api.example.com", "/orders/1", Some(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-scopegate-scopes"), Some("orders:read"));
+    // The split pieces of "x admin" grant nothing either.
+    let a = s
+        .check("GET", "api.example.com", "/admin/x", Some(&t))
+        .await;
+    assert_denied(&a, 403, "insufficient_scope", "admin with a smuggled scope");
+    // An scp that is one space-delimited string is split, as `scope` is.
+    c["scp"] = json!("orders:read admin");
+    let t = sign(jsonwebtoken::Algorithm::RS256, &c);
+    let a = s
+        .check("GET", "api.example.com", "/admin/x", Some(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[tokio::test]
+async fn dry_run_allow_of_a_failed_token_asserts_no_identity() {
+    let mut s = server().await;
+    // Revoked subject: allowed by the dry_run rule, but no identity reaches the upstream.
+    let revoked = token("bad-user", "shadow:read");
+    let a = s
+        .check("GET", "api.example.com", "/shadow/x", Some(&revoked))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    for h in [
+        "x-scopegate-subject",
+        "x-scopegate-client-id",
+        "x-scopegate-scopes",
+    ] {
+        assert_eq!(a.header(h), None, "{h} must not be asserted");
+        assert!(a.removed.iter().any(|r| r == h), "{h} removed: {a:?}");
+    }
+    // A token that verifies but only lacks the scope keeps its (verified) identity.
+    let unscoped = token("alice", "orders:read");
+    let a = s
+        .check("GET", "api.example.com", "/shadow/x", Some(&unscoped))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-scopegate-subject"), Some("alice"));
+}
+
+#[tokio::test]
+async fn iat_in_the_future_is_refused_so_revocation_cutoffs_bite() {
+    let mut s = server().await;
+    let mut c = claims("bad-user", "orders:read");
+    c["iat"] = json!(4_102_444_800i64 + 10);
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&sign(jsonwebtoken::Algorithm::RS256, &c)),
+        )
+        .await;
+    assert_denied(&a, 401, "invalid_claims", "future iat");
+    assert!(a
+        .header("www-authenticate")
+        .unwrap()
+        .contains(r#"error="invalid_token""#));
+    // Within the leeway (30 s) it is accepted.
+    let mut c = claims("alice", "orders:read");
+    c["iat"] = json!(tokens::now() + 5);
+    let t = sign(jsonwebtoken::Algorithm::RS256, &c);
+    let a = s
+        .check("GET", "api.example.com", "/orders/1", Some(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[tokio::test]
+async fn identity_claims_with_whitespace_or_controls_are_refused() {
+    let mut s = server().await;
+    let cases = [
+        ("sub", "bad-user "),
+        ("sub", " bad-user"),
+        ("sub", "bad-user\t"),
+        ("sub", "bad\u{0}user"),
+        ("sub", "bad-user\u{a0}"),
+        ("sub", ""),
+        ("client_id", "client\r\nx-injected: 1"),
+        ("jti", "jti "),
+    ];
+    for (claim, value) in cases {
+        let mut c = claims("alice", "orders:read");
+        c[claim] = json!(value);
+        let t = sign(jsonwebtoken::Algorithm::RS256, &c);
+        let a = s
+            .check("GET", "api.example.com", "/orders/1", Some(&t))
+            .await;
+        assert_denied(&a, 401, "invalid_claims", &format!("{claim}={value:?}"));
+    }
+}
+
+#[tokio::test]
+async fn methods_that_are_not_upper_case_tokens_are_refused() {
+    let mut s = server().await;
+    let t = token("alice", "orders:read");
+    // DELETE needs items:delete; `delete` must not fall through to the broader `items` rule.
+    for method in ["delete", "Delete", "dElEtE", "get", "GET ", "G\u{0}T"] {
+        let a = s
+            .check(method, "api.example.com", "/items/1", Some(&t))
+            .await;
+        assert_denied(&a, 400, "invalid_request", method);
+    }
+    let a = s
+        .check("DELETE", "api.example.com", "/items/1", Some(&t))
+        .await;
+    assert_denied(&a, 403, "insufficient_scope", "DELETE");
+    let a = s
+        .check("GET", "api.example.com", "/items/1", Some(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+fn with_header_map(
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    let mut request = check_request("GET", "api.example.com", path, &[]);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: headers
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                raw_value: v.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    request
+}
+
+#[tokio::test]
+async fn repeated_or_unreadable_authorization_is_malformed() {
+    let mut s = server().await;
+    let good = format!("Bearer {}", token("alice", "orders:read"));
+    let other = format!("Bearer {}", token("mallory", "admin"));
+    // One copy in header_map (Envoy's encode_raw_headers) works.
+    let a = s
+        .check_with(with_header_map(
+            "/orders/1",
+            &[("authorization", good.as_bytes())],
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-scopegate-subject"), Some("alice"));
+    type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+    let cases: [(&str, Headers<'_>); 3] = [
+        (
+            "two copies",
+            vec![
+                ("authorization", good.as_bytes()),
+                ("authorization", other.as_bytes()),
+            ],
+        ),
+        (
+            "two copies, different case",
+            vec![
+                ("Authorization", other.as_bytes()),
+                ("authorization", good.as_bytes()),
+            ],
+        ),
+        (
+            "not UTF-8",
+            vec![("authorization", b"Bearer \xff\xfe".as_slice())],
+        ),
+    ];
+    for (what, headers) in cases {
+        let a = s.check_with(with_header_map("/orders/1", &headers)).await;
+        assert_denied(&a, 400, "invalid_request", what);
+    }
+    // One copy in `headers` and another in `header_map`.
+    let mut request = with_header_map("/orders/1", &[("authorization", other.as_bytes())]);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.headers.insert("authorization".into(), good.clone());
+    let a = s.check_with(request).await;
+    assert_denied(&a, 400, "invalid_request", "headers and header_map");
+}
+
+#[tokio::test]
+async fn paths_not_in_normal_form_are_refused_also_on_a_pinned_rule() {
+    let mut s = server().await;
+    let t = token("alice", "orders:read");
+    let hostile = [
+        "/admin//../orders/1",
+        "/orders/;/../admin",
+        "/orders/;x=1/../admin",
+        "/admin;x=1/orders",
+        "/orders/1/../../admin/x",
+        "/orders/%2e%2e/admin",
+        "/orders/%252e%252e/admin",
+        "//admin/x",
+    ];
+    for path in hostile {
+        let a = s.check("GET", "api.example.com", path, Some(&t)).await;
+        assert_denied(&a, 400, "invalid_request", path);
+        let mut pinned = check_request(
+            "GET",
+            "api.example.com",
+            path,
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        pinned
+            .attributes
+            .as_mut()
+            .unwrap()
+            .context_extensions
+            .insert("scopegate.rule".into(), "orders-read".into());
+        let a = s.check_with(pinned).await;
+        assert_denied(&a, 400, "invalid_request", &format!("pinned {path}"));
+    }
+    // The same token on normal-form paths: the orders rule allows, the admin rule denies.
+    let a = s
+        .check("GET", "api.example.com", "/orders/1/", Some(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = s
+        .check("GET", "api.example.com", "/admin/orders/1", Some(&t))
+        .await;
+    assert_denied(&a, 403, "insufficient_scope", "/admin/orders/1");
+}
