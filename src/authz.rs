@@ -106,6 +106,21 @@ impl Denial {
         )
     }
 
+    /// The RFC 6750 error code for the deny body (`access_denied`, `unauthorized` and
+    /// `temporarily_unavailable` where RFC 6750 has none).
+    pub fn error_code(&self) -> &'static str {
+        match &self.challenge {
+            Challenge::InvalidRequest(_) => "invalid_request",
+            Challenge::InvalidToken(_) => "invalid_token",
+            Challenge::InsufficientScope(_) => "insufficient_scope",
+            Challenge::Bearer => "unauthorized",
+            Challenge::None if self.status == DenyStatus::ServiceUnavailable => {
+                "temporarily_unavailable"
+            }
+            Challenge::None => "access_denied",
+        }
+    }
+
     /// Fail closed: no snapshot, or one older than allowed.
     pub fn unavailable(reason: Reason) -> Denial {
         Denial::new(DenyStatus::ServiceUnavailable, reason, Challenge::None)

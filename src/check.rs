@@ -181,10 +181,10 @@ impl Checker {
     fn verify(&self, snapshot: &Snapshot, token: &str) -> Credential {
         let key = cache::digest(token);
         if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation) {
-            self.metrics.cache_hits.inc();
+            self.metrics.check.cache_hits.inc();
             return Credential::Valid(claims);
         }
-        self.metrics.cache_misses.inc();
+        self.metrics.check.cache_misses.inc();
         match snapshot.verifier.verify(token) {
             Ok(claims) => {
                 let claims = Arc::new(claims);

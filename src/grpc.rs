@@ -196,25 +196,10 @@ fn deny_response(denial: &Denial, decision_id: &str, settings: &ResponseSettings
     denied.add_header("x-scopegate-decision-id", decision_id, None, false);
     denied.set_body(format!(
         "{{\"error\":\"{}\",\"reason\":\"{}\",\"decision_id\":\"{decision_id}\"}}\n",
-        error_code(denial),
+        denial.error_code(),
         denial.reason.as_str()
     ));
     let mut response = CheckResponse::with_status(Status::new(code, denial.reason.as_str()));
     response.set_http_response(denied);
     response
-}
-
-/// The RFC 6750 error code for the body (`access_denied` where RFC 6750 has none).
-fn error_code(denial: &Denial) -> &'static str {
-    use crate::authz::Challenge;
-    match &denial.challenge {
-        Challenge::InvalidRequest(_) => "invalid_request",
-        Challenge::InvalidToken(_) => "invalid_token",
-        Challenge::InsufficientScope(_) => "insufficient_scope",
-        Challenge::Bearer => "unauthorized",
-        Challenge::None if denial.status == DenyStatus::ServiceUnavailable => {
-            "temporarily_unavailable"
-        }
-        Challenge::None => "access_denied",
-    }
 }

@@ -358,8 +358,19 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        assert!(Entry::parse(EntryKind::Route, "", &json!({}), CTX).is_err());
-        assert!(Entry::parse(EntryKind::Route, "a/b", &json!({}), CTX).is_err());
+        let valid = json!({"host": "*", "path": "/x", "require": {"public": true}});
+        assert!(Entry::parse(EntryKind::Route, "ok", &valid, CTX).is_ok());
+        for bad in ["", "a/b", "a\u{0}b", &"x".repeat(513)] {
+            let err = Entry::parse(EntryKind::Route, bad, &valid, CTX).unwrap_err();
+            assert_eq!(
+                err.message,
+                "id must be 1..512 printable characters (and contain no '/')",
+                "{bad:?}"
+            );
+        }
+        // Scope names and jti may contain '/'.
+        let scope = json!({"implies": []});
+        assert!(Entry::parse(EntryKind::Scope, "api/orders:read", &scope, CTX).is_ok());
     }
 
     #[test]

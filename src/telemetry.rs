@@ -84,16 +84,28 @@ struct ResultLabel {
     result: &'static str,
 }
 
-/// All metrics. Cheap to update from the hot path: per-reason counters are created up front.
+/// All metrics, in one registry: the check path's and the rule source's.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    pub check: CheckMetrics,
+    pub source: SourceMetrics,
+}
+
+/// What the check path counts. Cheap to update: per-reason counters are created up front.
+#[derive(Debug)]
+pub struct CheckMetrics {
     check_duration: Histogram,
     decisions_by_reason: Vec<Counter>,
     dry_run_by_reason: Vec<Counter>,
     scope_mismatch: Family<RuleLabel, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+}
+
+/// What the rule sources count.
+#[derive(Debug)]
+pub struct SourceMetrics {
     pub snapshot_revision: Gauge,
     pub snapshot_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub rule_errors: Counter,
@@ -117,99 +129,88 @@ where
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut r = Registry::default();
-        let check_duration = registered(
-            &mut r,
-            "scopegate_check_duration_seconds",
-            "Time to answer one Check, from request to response",
-            Histogram::new(DURATION_BUCKETS),
-        );
-        let decisions = registered(
-            &mut r,
+        let mut registry = Registry::default();
+        let check = CheckMetrics::register(&mut registry);
+        let source = SourceMetrics::register(&mut registry);
+        Arc::new(Metrics {
+            registry,
+            check,
+            source,
+        })
+    }
+
+    /// Counts one decision and its latency.
+    pub fn record(&self, decision: &Decision, elapsed: Duration) {
+        self.check.record(decision, elapsed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One counter per reason, indexed by discriminant, each with its reason label.
+fn per_reason<L>(family: &Family<L, Counter>, labels: impl Fn(Reason) -> L) -> Vec<Counter>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    Reason::iter()
+        .map(|reason| family.get_or_create(&labels(reason)).clone())
+        .collect()
+}
+
+impl CheckMetrics {
+    fn register(r: &mut Registry) -> CheckMetrics {
+        let decisions: Family<DecisionLabels, Counter> = registered(
+            r,
             "scopegate_decisions",
             "Decisions by outcome and reason code",
-            Family::<DecisionLabels, Counter>::default(),
+            Family::default(),
         );
-        let dry_run = registered(
-            &mut r,
+        let dry_run: Family<ReasonLabel, Counter> = registered(
+            r,
             "scopegate_dry_run_would_deny",
             "Requests allowed by a dry_run rule that enforce would have denied, by reason",
-            Family::<ReasonLabel, Counter>::default(),
+            Family::default(),
         );
-        // One counter per reason, created up front and indexed by discriminant.
-        let decisions_by_reason = Reason::iter()
-            .map(|reason| {
-                let decision = if reason.is_allow() { "allow" } else { "deny" };
-                let labels = DecisionLabels {
-                    decision,
-                    reason: reason.as_str(),
-                };
-                decisions.get_or_create(&labels).clone()
-            })
-            .collect();
-        let dry_run_by_reason = Reason::iter()
-            .map(|reason| {
-                let labels = ReasonLabel {
-                    reason: reason.as_str(),
-                };
-                dry_run.get_or_create(&labels).clone()
-            })
-            .collect();
-        Arc::new(Metrics {
-            check_duration,
-            decisions_by_reason,
-            dry_run_by_reason,
+        CheckMetrics {
+            check_duration: registered(
+                r,
+                "scopegate_check_duration_seconds",
+                "Time to answer one Check, from request to response",
+                Histogram::new(DURATION_BUCKETS),
+            ),
+            decisions_by_reason: per_reason(&decisions, |reason| DecisionLabels {
+                decision: if reason.is_allow() { "allow" } else { "deny" },
+                reason: reason.as_str(),
+            }),
+            dry_run_by_reason: per_reason(&dry_run, |reason| ReasonLabel {
+                reason: reason.as_str(),
+            }),
             scope_mismatch: registered(
-                &mut r,
+                r,
                 "scopegate_scope_mismatch",
                 "Verified tokens that lacked a rule's required scope, by rule id; dry_run \
                  would-be denials included (decisions_total counts enforced ones by reason only)",
                 Family::default(),
             ),
             cache_hits: registered(
-                &mut r,
+                r,
                 "scopegate_cache_hits",
                 "Verified-claims cache hits",
                 Counter::default(),
             ),
             cache_misses: registered(
-                &mut r,
+                r,
                 "scopegate_cache_misses",
                 "Verified-claims cache misses",
                 Counter::default(),
             ),
-            snapshot_revision: registered(
-                &mut r,
-                "scopegate_snapshot_revision",
-                "Source revision of the snapshot in force (etcd revision or file reload count)",
-                Gauge::default(),
-            ),
-            snapshot_age_seconds: registered(
-                &mut r,
-                "scopegate_snapshot_age_seconds",
-                "Seconds since the source last confirmed the snapshot current",
-                Gauge::default(),
-            ),
-            rule_errors: registered(
-                &mut r,
-                "scopegate_rule_errors",
-                "Rule entries or files rejected by validation",
-                Counter::default(),
-            ),
-            watch_restarts: registered(
-                &mut r,
-                "scopegate_watch_restarts",
-                "Times the source watch was re-established after an error",
-                Counter::default(),
-            ),
-            reloads: registered(
-                &mut r,
-                "scopegate_reloads",
-                "Snapshot rebuilds by result",
-                Family::default(),
-            ),
-            registry: r,
-        })
+        }
     }
 
     /// Counts one decision and its latency.
@@ -235,19 +236,48 @@ impl Metrics {
             self.scope_mismatch.get_or_create(&labels).inc();
         }
     }
+}
+
+impl SourceMetrics {
+    fn register(r: &mut Registry) -> SourceMetrics {
+        SourceMetrics {
+            snapshot_revision: registered(
+                r,
+                "scopegate_snapshot_revision",
+                "Source revision of the snapshot in force (etcd revision or file reload count)",
+                Gauge::default(),
+            ),
+            snapshot_age_seconds: registered(
+                r,
+                "scopegate_snapshot_age_seconds",
+                "Seconds since the source last confirmed the snapshot current",
+                Gauge::default(),
+            ),
+            rule_errors: registered(
+                r,
+                "scopegate_rule_errors",
+                "Rule entries or files rejected by validation",
+                Counter::default(),
+            ),
+            watch_restarts: registered(
+                r,
+                "scopegate_watch_restarts",
+                "Times the source watch was re-established after an error",
+                Counter::default(),
+            ),
+            reloads: registered(
+                r,
+                "scopegate_reloads",
+                "Snapshot rebuilds by result",
+                Family::default(),
+            ),
+        }
+    }
 
     /// Counts a snapshot rebuild (`applied` or `rejected`).
     pub fn record_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
-    }
-
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
     }
 }
 

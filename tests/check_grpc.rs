@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::{HeaderAppendAction, HttpResponse};
-use support::server::{check_request, TestServer};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
+use support::server::{check_request, http_get_status, TestServer};
 use support::tokens::{self, claims, sign, token};
 use support::wait_until;
 
@@ -333,7 +333,7 @@ async fn context_extension_pins_the_rule() {
 }
 
 #[tokio::test]
-async fn grpc_health_reports_serving_and_shutdown_drains() {
+async fn grpc_health_reports_serving_and_admin_readiness() {
     let s = server().await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.app.grpc_addr))
         .unwrap()
@@ -341,41 +341,81 @@ async fn grpc_health_reports_serving_and_shutdown_drains() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    wait_until("health SERVING", Duration::from_secs(10), || {
-        let mut health = health.clone();
-        async move {
-            let r = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
-            r.is_ok_and(|r| {
-                r.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
             })
-        }
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().status, serving, "{service:?}");
+    }
+    let (status, body) = http_get_status(s.app.admin_addr, "/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+}
+
+/// A Check that is in flight when shutdown starts (its request body has not fully arrived)
+/// is still answered; only then does shutdown complete, and the listener is closed.
+#[tokio::test]
+async fn shutdown_drains_a_check_in_flight() {
+    let s = server().await;
+    let addr = s.app.grpc_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    h2 = h2.ready().await.unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    // Half of the gRPC frame now, the rest after shutdown has begun.
+    let message = prost::Message::encode_to_vec(&check_request(
+        "GET",
+        "anything.example",
+        "/healthz",
+        &[],
+    ));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let (head, tail) = frame.split_at(3);
+    body.send_data(bytes::Bytes::copy_from_slice(head), false)
+        .unwrap();
+
+    let shutdown = tokio::spawn(s.app.shutdown(Duration::from_secs(10)));
+    wait_until("the listener stops accepting", Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
-    let r = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "envoy.service.auth.v3.Authorization".into(),
-        })
-        .await
+    assert!(!shutdown.is_finished(), "shutdown waits for the check in flight");
+
+    body.send_data(bytes::Bytes::copy_from_slice(tail), true)
         .unwrap();
-    assert_eq!(r.into_inner().status, 1);
-    assert!(s.admin_get("/readyz").await.contains("ready"));
-    let addr = s.app.grpc_addr;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        s.app.shutdown(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "listener closed after shutdown"
+    let response = response.await.expect("the in-flight check is answered");
+    assert_eq!(response.status(), 200);
+    let mut answer = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let trailers = answer.trailers().await.unwrap().unwrap_or_default();
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    let decoded: CheckResponse = prost::Message::decode(&bytes[5..]).unwrap();
+    assert_eq!(
+        decoded.status.map(|s| s.code),
+        Some(0),
+        "the public /healthz route allows"
     );
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown completes once the check is answered")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -201,7 +201,7 @@ impl EtcdSource {
             match self.session(&endpoint, &mut reconnect).await {
                 Ok(SessionEnd::Reload) => self.needs_reload = true,
                 Err(e) => {
-                    self.book.metrics().watch_restarts.inc();
+                    self.book.metrics().source.watch_restarts.inc();
                     tracing::warn!(
                         %endpoint,
                         error = %e,
@@ -397,5 +397,67 @@ fn carry_over(from: &RuleSet, to: &mut RuleSet, kind: EntryKind, id: &str) {
     };
     if let Some(entry) = entry {
         to.insert(id, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// Under paused time: a failure with another endpoint left in the round fails over at
+    /// once; a full round waits the backoff, which doubles (with up to 100 % jitter) up to the
+    /// cap, and starts afresh once a session is established.
+    #[tokio::test(start_paused = true)]
+    async fn failover_is_immediate_and_backoff_grows_with_jitter_to_the_cap() {
+        let mut reconnect = Reconnect::new(3, MIN, MAX);
+        let mut endpoints = vec![reconnect.endpoint()];
+        let mut waits = Vec::new();
+        for _ in 0..30 {
+            let started = Instant::now();
+            let reported = reconnect.failed().await;
+            let slept = started.elapsed();
+            assert!(
+                slept >= reported && slept <= reported + Duration::from_millis(1),
+                "the reported wait is the real wait: {slept:?} vs {reported:?}"
+            );
+            waits.push(reported);
+            endpoints.push(reconnect.endpoint());
+        }
+        assert_eq!(&endpoints[..7], &[0, 1, 2, 0, 1, 2, 0], "rotates through every endpoint");
+        for (i, wait) in waits.iter().enumerate() {
+            if i % 3 != 2 {
+                assert_eq!(*wait, Duration::ZERO, "failure {i} fails over at once");
+            }
+        }
+        let round_waits: Vec<Duration> = waits.iter().copied().skip(2).step_by(3).collect();
+        for (round, wait) in round_waits.iter().enumerate() {
+            let base = MIN.saturating_mul(1 << round.min(20)).min(MAX);
+            assert!(
+                *wait >= base && *wait < base * 2 + Duration::from_millis(1),
+                "round {round}: {wait:?} not in [{base:?}, 2x)"
+            );
+        }
+        assert!(round_waits.last().unwrap() >= &MAX, "capped at the maximum (plus jitter)");
+        let distinct: std::collections::HashSet<_> = round_waits.iter().collect();
+        assert!(distinct.len() > 1, "jitter varies the waits");
+
+        reconnect.connected();
+        let _ = reconnect.failed().await;
+        let _ = reconnect.failed().await;
+        let first_round = reconnect.failed().await;
+        assert!(first_round < MIN * 2 + Duration::from_millis(1), "{first_round:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_endpoint_waits_after_every_failure() {
+        let mut reconnect = Reconnect::new(1, MIN, MAX);
+        let first = reconnect.failed().await;
+        let second = reconnect.failed().await;
+        assert!(first >= MIN && second >= MIN * 2, "{first:?} {second:?}");
+        assert_eq!(reconnect.endpoint(), 0);
     }
 }

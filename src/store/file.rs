@@ -97,7 +97,7 @@ impl FileSource {
 
     /// The whole file is rejected; the previous snapshot stays in force.
     fn reject(&mut self, error: String) {
-        self.book.metrics().record_reload(false);
+        self.book.metrics().source.record_reload(false);
         let key = self.path.display().to_string();
         self.book.reject(&key, self.revision, error);
     }

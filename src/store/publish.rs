@@ -51,14 +51,14 @@ impl Publisher {
         let previous = self.store.current();
         let snapshot = Snapshot::build(rules, revision, previous.as_deref());
         self.store.publish(snapshot);
-        self.metrics.snapshot_revision.set(revision);
-        self.metrics.record_reload(true);
+        self.metrics.source.snapshot_revision.set(revision);
+        self.metrics.source.record_reload(true);
     }
 
     /// `key` was rejected at `revision`: counted, logged, listed; its last good version (or, for
     /// a file, the previous snapshot) stays in force.
     pub fn reject(&mut self, key: &str, revision: i64, error: String) {
-        self.metrics.rule_errors.inc();
+        self.metrics.source.rule_errors.inc();
         tracing::error!(
             key,
             revision,

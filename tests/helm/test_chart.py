@@ -749,6 +749,17 @@ class Pod:
             time.sleep(0.05)
         pytest.fail(f"{path} never answered {status}:\n{self.log.read_text()}")
 
+    def wait_for_metric(self, name, predicate, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.wait_for("/metrics", 200)
+            for line in body.splitlines():
+                parts = line.split(" ")
+                if len(parts) == 2 and parts[0] == name and predicate(float(parts[1])):
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"{name} never satisfied the condition:\n{self.log.read_text()}")
+
     def stop(self, timeout):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -812,8 +823,11 @@ def test_binary_accepts_the_rendered_etcd_mode(chart, tmp_path):
     try:
         assert pod.wait_for("/healthz", 200).strip() == "ok"
         pod.wait_for("/readyz", 503)
-        time.sleep(1.0)
+        # Wait for a failed connection attempt (not a fixed time): the process survives it and
+        # stays not ready.
+        pod.wait_for_metric("scopegate_watch_restarts_total", lambda v: v >= 1)
         assert pod.proc.poll() is None, pod.log.read_text()
+        pod.wait_for("/readyz", 503)
         assert "not-a-real-password" not in pod.log.read_text()
     finally:
         code = pod.stop(timeout=15)

@@ -178,6 +178,11 @@ pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationClient<Channel>
 
 /// A minimal HTTP/1.0 GET (admin endpoints), returning the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http_get_status(addr, path).await.1
+}
+
+/// A minimal HTTP/1.0 GET, returning the status code and the body.
+pub async fn http_get_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -186,8 +191,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    response
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (status, body)
 }
