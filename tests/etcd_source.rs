@@ -662,3 +662,45 @@ async fn fails_over_across_endpoints_and_survives_leader_loss() {
     )
     .await;
 }
+
+/// A member that hangs (SIGSTOP) answers nothing; the replica watching it must notice the missing
+/// progress replies and fail over, so a revocation written meanwhile is enforced well before the
+/// ~10 s that HTTP/2 keep-alive would take to notice.
+#[tokio::test]
+async fn a_hung_member_is_a_lost_member() {
+    let cluster = support::etcd::EtcdCluster::start(3).await;
+    let mut kv = Client::connect(cluster.endpoints(), None).await.unwrap();
+    seed(&mut kv).await;
+    let leader = cluster.leader().await;
+    let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    order.push(leader);
+    let endpoints: Vec<String> = order.iter().map(|i| cluster.members[*i].endpoint()).collect();
+    let app = start_scopegate(&endpoints.join(","), &[]).await;
+    let t = token("mallory", "orders:read");
+    until_status(&app, "/orders/1", Some(&t), 200, "loaded from the first member").await;
+
+    let frozen = &cluster.members[order[0]];
+    frozen.signal("-STOP");
+    let others: Vec<String> = endpoints[1..].to_vec();
+    let mut kv = Client::connect(others, None).await.unwrap();
+    put(&mut kv, "revoked/sub/mallory", r#"{"issued_before":4102444800}"#.to_string()).await;
+    let deadline = Duration::from_secs(6);
+    let probe = app.grpc_addr;
+    let token = t.clone();
+    let result = tokio::time::timeout(deadline, async move {
+        loop {
+            if ask(probe, "GET", "/orders/1", Some(&token)).await.status == 401 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    frozen.signal("-CONT");
+    assert!(
+        result.is_ok(),
+        "revocation not enforced within {deadline:?} while the watched member hung"
+    );
+    let restarts = support::metric_value(&app.metrics.encode(), "scopegate_watch_restarts_total");
+    assert!(restarts.is_some_and(|v| v >= 1.0), "{restarts:?}");
+}

@@ -29,6 +29,8 @@ pub enum EtcdError {
     StreamEnded,
     #[error("watch cancelled by etcd: {0}")]
     Cancelled(String),
+    #[error("no answer from the member for {0:?} (progress requests unanswered)")]
+    Unresponsive(Duration),
     #[error("member offered revision {offered}, older than the applied {applied}")]
     Behind { offered: i64, applied: i64 },
 }
@@ -236,10 +238,16 @@ impl EtcdSource {
             .await?;
         tracing::debug!(endpoint, from = self.revision + 1, "watching");
         let mut progress = tokio::time::interval(self.settings.progress_interval);
+        // A member that hangs (frozen, partitioned without a reset) answers nothing; the HTTP/2
+        // keep-alive would notice only after ~10 s, while revocations pile up unseen. No answer
+        // to two progress requests in a row ends the session, and the next endpoint is tried.
+        let silence_limit = self.settings.progress_interval * 2;
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 message = stream.message() => {
                     let response = message?.ok_or(EtcdError::StreamEnded)?;
+                    last_heard = tokio::time::Instant::now();
                     if response.created() {
                         reconnect.connected();
                         self.book.confirm();
@@ -248,7 +256,13 @@ impl EtcdSource {
                         return Ok(end);
                     }
                 }
-                _ = progress.tick() => stream.request_progress().await?,
+                _ = progress.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent > silence_limit {
+                        return Err(EtcdError::Unresponsive(silent));
+                    }
+                    stream.request_progress().await?;
+                }
             }
         }
     }

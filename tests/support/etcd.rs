@@ -152,6 +152,16 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the member: a hung process, not a dead one.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("member is running").id();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
