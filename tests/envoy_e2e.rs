@@ -1,15 +1,23 @@
 //! End to end through a real Envoy: etcd → scopegate (in-process, etcd source) ← Envoy running
 //! `examples/envoy/envoy.yaml` → an echo upstream, driven by real HTTP requests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a step that fails must fail the test, with its message"
+)]
 
 mod support;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
 use scopegate::app::RunningApp;
 use serde_json::json;
-use support::envoy::{wait_scopegate_ready, EchoUpstream, Envoy, HttpResponse};
+use support::envoy::{try_request, wait_scopegate_ready, EchoUpstream, Envoy, HttpResponse};
 use support::etcd::EtcdServer;
+use support::path_readings::{self, is_under, path_part, readings, readings_under};
 use support::server::serve_args;
 use support::tokens;
 use support::wait_until;
@@ -43,6 +51,20 @@ fn initial_rules() -> Vec<(String, String)> {
             route("*", "/healthz", &["GET"], json!({"public": true})),
         ),
         (
+            "routes/public".into(),
+            route(HOST, "/public/**", &["GET"], json!({"public": true})),
+        ),
+        (
+            // What the hostile paths aim at: no test token has the `admin` scope.
+            "routes/admin".into(),
+            route(
+                HOST,
+                "/admin/**",
+                &["GET", "HEAD", "POST"],
+                json!({"all": ["admin"]}),
+            ),
+        ),
+        (
             "routes/orders-read".into(),
             route(
                 HOST,
@@ -74,6 +96,11 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
+        Stack::start_with(false).await
+    }
+
+    /// `access_log`: Envoy also writes an access log (see [`Envoy::start_example_logged`]).
+    async fn start_with(access_log: bool) -> Stack {
         let etcd = EtcdServer::start().await;
         let mut etcd_client = etcd.client().await;
         for (key, value) in initial_rules() {
@@ -88,7 +115,11 @@ impl Stack {
             .expect("scopegate starts");
         wait_scopegate_ready(app.admin_addr).await;
         let upstream = EchoUpstream::start().await;
-        let envoy = Envoy::start_example(app.grpc_addr, upstream.addr).await;
+        let envoy = if access_log {
+            Envoy::start_example_logged(app.grpc_addr, upstream.addr).await
+        } else {
+            Envoy::start_example(app.grpc_addr, upstream.addr).await
+        };
         Stack {
             envoy,
             upstream,
@@ -450,4 +481,612 @@ async fn envoy_fails_closed_when_scopegate_is_down() {
     );
     // The unchecked route keeps working.
     assert_eq!(stack.get("/static/logo.png", None).await.status, 200);
+}
+
+// --- Hostile paths --------------------------------------------------------------------------
+//
+// Nothing may reach the upstream at a path that some upstream reads as /admin (whose rule needs
+// the `admin` scope, which no test token has), whatever the spelling: the assertions are about
+// the raw request targets the echo upstream logged, read by every interpretation in
+// `support::path_readings`.
+
+/// Spellings of "one level up" (for some reader or other), and look-alikes.
+const UPS: [&str; 16] = [
+    "..",
+    ".%2e",
+    "%2e.",
+    "%2e%2e",
+    "%2E%2e",
+    "%2E%2E",
+    "..;",
+    "..;x=1",
+    ".%2e;",
+    "%2e%2e;",
+    "%2E%2e;x=1",
+    "..%3b",
+    "..%3B",
+    "%2e%2e%3B",
+    "%252e%252e",
+    "...",
+];
+
+/// Separators between segments, plain and hostile.
+const SEPS: [&str; 16] = [
+    "/", "//", "///", "/./", "/%2e/", "/.;/", "/;/", "/;x=1/", "%2f", "%2F", "%5c", "%5C", "\\",
+    "\\\\", "/\\", "\\/",
+];
+
+/// Where the climb starts: the unchecked, pinned, rule-matched and public areas (and the root).
+const PREFIXES: [&str; 9] = [
+    "",
+    "/static",
+    "/static/css",
+    "/legacy/orders",
+    "/legacy/orders/1",
+    "/orders",
+    "/orders/1",
+    "/public",
+    "/public/a",
+];
+
+/// What comes after the climb (all of them name something under /admin for some reader).
+const TAILS: [&str; 9] = [
+    "admin/x",
+    "admin",
+    "admin/",
+    "admin/x;y=1",
+    "admin/x?q=1",
+    "%61dmin/x",
+    "admin;x=1/x",
+    "ADMIN/x",
+    "admin/x/.",
+];
+
+/// Authorities for absolute-form request targets (`GET http://host/path HTTP/1.1`).
+const AUTHORITIES: [&str; 4] = [
+    "http://api.example.com",
+    "http://api.example.com:80",
+    "HTTP://API.EXAMPLE.COM",
+    "http://legacy.example.net",
+];
+
+/// Hand-written cases (origin form unless they start with a scheme).
+const SPECIAL: &[&str] = &[
+    "/static/../admin/x",
+    "/static/%2e%2e/admin/x",
+    "/static/%2E%2e/admin/x",
+    "/static/..;/admin/x",
+    "/static//../../admin/x",
+    "/static/./../admin/x",
+    "/static;/../admin/x",
+    "/static;x=1/../admin/x",
+    "/static/%2e%2e;/admin/x",
+    "/static/x;/%2e%2e;/%2e%2e;/admin/x",
+    "/static/..%3B/admin/x",
+    "/static/..%252f..%252fadmin/x",
+    "/static%2f..%2fadmin/x",
+    "/static/..%5cadmin/x",
+    "/static\\..\\admin\\x",
+    "/static/x?/../../admin/x",
+    "/static/x#/../../admin/x",
+    "/static/..%00/admin/x",
+    "/static/..%20/admin/x",
+    "/static/.. /admin/x",
+    "/static/.../admin/x",
+    "/static/..../admin/x",
+    "/static/app.js/../../admin/x",
+    "/static/app.js/..;/..;/admin/x",
+    "/static/app.js;/../../admin/x",
+    "/admin/x",
+    "/ADMIN/x",
+    "/Admin/x",
+    "//admin/x",
+    "/./admin/x",
+    "/%2e/admin/x",
+    "/;/admin/x",
+    "/admin;/x",
+    "/admin;x=1",
+    "/%61dmin/x",
+    "/admin%2fx",
+    "/admin/x/..",
+    "/legacy/orders/../../admin/x",
+    "/legacy/orders/;/../admin",
+    "/legacy/orders/;/../../../admin/x",
+    "/legacy/orders/..;/..;/admin/x",
+    "/legacy/orders/%2e%2e;/%2e%2e;/admin/x",
+    "/legacy/orders/..%3B/..%3B/admin/x",
+    "/legacy/orders/x;/..;/..;/..;/admin/x",
+    "/legacy/orders//../../admin/x",
+    "/legacy/orders/.%2e/.%2e/admin/x",
+    "/legacy/orders/..\\..\\admin\\x",
+    "/legacy/orders/%2e%2e%3b/%2e%2e%3b/admin/x",
+    "/orders/1/../../admin/x",
+    "/orders/..;/admin/x",
+    "/orders/%2e%2e;/admin/x",
+    "/orders/1;/../../admin/x",
+    "/orders/..%3b/admin",
+    "/public/../admin/x",
+    "/public/%2e%2e/admin/x",
+    "/public/..;/admin/x",
+    "/public/%2e%2e;/admin/x",
+    "/public/..%3B/admin/x",
+    "http://api.example.com/static/../admin/x",
+    "http://api.example.com/static/%2e%2e;/admin/x",
+    "http://api.example.com/legacy/orders/../../admin/x",
+    "http://api.example.com/legacy/orders/%2e%2e;/%2e%2e;/admin/x",
+    "http://api.example.com//admin/x",
+    "http://api.example.com/static/..%3B/admin/x",
+    "HTTP://API.EXAMPLE.COM/static/../admin/x",
+    "http://api.example.com:80/static/..;/admin/x",
+    "http://api.example.com/../admin/x",
+    "http://api.example.com..;/admin/x",
+    "http://admin.example.com/static/../admin/x",
+    "http://api.example.com/static/x?/../../admin/x",
+    "*",
+    "admin/x",
+    "static/../admin/x",
+];
+
+/// One hostile request target and the class it belongs to (for the summary).
+struct Probe {
+    target: String,
+    /// `(dimension, value)` pairs, e.g. `("up", "%2e%2e;")`, `("form", "absolute")`.
+    classes: Vec<(&'static str, String)>,
+}
+
+/// The hostile corpus: every prefix × climb spelling × separator × depth (exactly out of the
+/// prefix, and one more), each in origin form and in absolute form, with the tails taken in
+/// turn; plus every pair of climb spellings after four prefixes; plus [`SPECIAL`].
+fn hostile_corpus() -> Vec<Probe> {
+    let mut corpus = Vec::new();
+    let mut turn = 0usize;
+    for prefix in PREFIXES {
+        let depth = prefix.split('/').filter(|s| !s.is_empty()).count().max(1);
+        for up in UPS {
+            for sep in SEPS {
+                for climb in [depth, depth + 1] {
+                    let tail = TAILS[turn % TAILS.len()];
+                    let authority = AUTHORITIES[turn % AUTHORITIES.len()];
+                    turn += 1;
+                    let mut path = if prefix.is_empty() {
+                        "/".to_string()
+                    } else {
+                        format!("{prefix}{sep}")
+                    };
+                    for _ in 0..climb {
+                        path.push_str(up);
+                        path.push_str(sep);
+                    }
+                    path.push_str(tail);
+                    let classes = |form: &str| {
+                        vec![
+                            ("prefix", prefix.to_string()),
+                            ("up", up.to_string()),
+                            ("sep", sep.to_string()),
+                            ("form", form.to_string()),
+                        ]
+                    };
+                    corpus.push(Probe {
+                        target: format!("{authority}{path}"),
+                        classes: classes("absolute"),
+                    });
+                    corpus.push(Probe {
+                        target: path,
+                        classes: classes("origin"),
+                    });
+                }
+            }
+        }
+    }
+    for prefix in ["/static", "/legacy/orders/1", "/public/a", "/orders/1"] {
+        for first in UPS {
+            for second in UPS {
+                corpus.push(Probe {
+                    target: format!("{prefix}/{first}/{second}/{first}/admin/x"),
+                    classes: vec![
+                        ("prefix", prefix.to_string()),
+                        ("mixed", format!("{first} + {second}")),
+                        ("form", "origin".to_string()),
+                    ],
+                });
+            }
+        }
+    }
+    for target in SPECIAL {
+        corpus.push(Probe {
+            target: target.to_string(),
+            classes: vec![("special", target.to_string())],
+        });
+    }
+    corpus
+}
+
+/// The origin-form part of a request target (`http://host/p?q` -> `/p?q`).
+fn origin_form(target: &str) -> &str {
+    let lower = target.to_ascii_lowercase();
+    if lower.starts_with("http://") {
+        let rest = &target["http://".len()..];
+        return rest.find('/').map_or("/", |at| &rest[at..]);
+    }
+    target
+}
+
+/// Mirrors the `safe_regex` of the unchecked `/static/` route in examples/envoy/envoy.yaml:
+/// `/static(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+`, against the path without its query.
+fn matches_static_route(target: &str) -> bool {
+    let Some(rest) = path_part(target).strip_prefix("/static") else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix('/') else {
+        return false;
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~');
+    rest.split('/').all(|segment| {
+        let bytes = segment.as_bytes();
+        !bytes.is_empty() && plain(bytes[0]) && bytes[1..].iter().all(|b| plain(*b) || *b == b'.')
+    })
+}
+
+/// What one probe ended in, as the client saw it.
+fn outcome(response: &std::io::Result<HttpResponse>) -> String {
+    match response {
+        Err(e) => format!("no response ({:?})", e.kind()),
+        Ok(r) if r.echoed().is_some() => "upstream".to_string(),
+        Ok(r) if r.header("x-scopegate-decision-id").is_some() => {
+            format!(
+                "scopegate {} {}",
+                r.status,
+                r.json()["reason"].as_str().unwrap_or("?")
+            )
+        }
+        Ok(r) => format!("envoy {}", r.status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_never_reach_the_upstream_at_an_admin_path() {
+    let stack = Stack::start_with(true).await;
+    let reader = tokens::token("alice", "orders:read");
+    let as_reader = format!("Bearer {reader}");
+
+    // The controls: benign requests work, and /admin is really protected. (So the corpus cannot
+    // pass by everything being refused, nor by /admin being unrouted.)
+    let benign: &[(&str, Option<&str>, u16, Option<&str>)] = &[
+        ("/static/app.js", None, 200, Some("/static/app.js")),
+        (
+            "/static/css/site.v2.css?v=3",
+            None,
+            200,
+            Some("/static/css/site.v2.css?v=3"),
+        ),
+        (
+            "http://api.example.com/static/app.js",
+            None,
+            200,
+            Some("/static/app.js"),
+        ),
+        ("/static/x/../app.js", None, 200, Some("/static/app.js")),
+        ("/public/info", None, 200, Some("/public/info")),
+        ("/orders/1", Some(&reader), 200, Some("/orders/1")),
+        (
+            "/legacy/orders/1",
+            Some(&reader),
+            200,
+            Some("/legacy/orders/1"),
+        ),
+        ("/static/app.js", Some(&reader), 200, Some("/static/app.js")),
+        ("/orders/1", None, 401, None),
+        ("/admin/x", None, 401, None),
+        ("/admin/x", Some(&reader), 403, None),
+    ];
+    for &(target, token, status, upstream_path) in benign {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Host", HOST)];
+        if let Some(auth) = auth.as_deref() {
+            headers.push(("Authorization", auth));
+        }
+        let r = stack.envoy.request("GET", target, &headers).await;
+        assert_eq!(
+            r.status,
+            status,
+            "GET {target} (token: {}): {r:?}",
+            token.is_some()
+        );
+        assert_eq!(
+            r.echoed().map(|e| e.path),
+            upstream_path.map(str::to_string),
+            "GET {target}: {r:?}"
+        );
+    }
+    let controls = stack.upstream.requests();
+
+    // The corpus, without a token and with an orders:read token, over raw TCP (the request
+    // target is sent byte for byte, nothing normalises it on the way to Envoy).
+    let corpus = hostile_corpus();
+    let tokens: [Option<&str>; 2] = [None, Some(&as_reader)];
+    let probes: Vec<(usize, &Probe, Option<&str>)> = tokens
+        .iter()
+        .flat_map(|token| corpus.iter().map(move |probe| (*token, probe)))
+        .enumerate()
+        .map(|(id, (token, probe))| (id, probe, token))
+        .collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, probe, token) in &probes {
+        let (id, target, auth) = (*id, probe.target.clone(), token.map(str::to_string));
+        let (addr, limit) = (stack.envoy.addr, limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            let probe_id = id.to_string();
+            let mut headers = vec![("Host", HOST), ("x-probe-id", probe_id.as_str())];
+            if let Some(auth) = auth.as_deref() {
+                headers.push(("Authorization", auth));
+            }
+            let r = try_request(addr, "GET", &target, &headers, Duration::from_secs(10)).await;
+            (id, r)
+        });
+    }
+    let mut responses: HashMap<usize, std::io::Result<HttpResponse>> = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, r) = done.expect("probe task");
+        responses.insert(id, r);
+    }
+
+    // What reached the upstream, by probe id (the controls carry none).
+    let received = stack.upstream.received().await;
+    assert!(received.len() >= controls);
+    let mut reached: HashMap<usize, String> = HashMap::new();
+    let mut findings = Vec::new();
+    for request in &received[controls..] {
+        let id = request
+            .all("x-probe-id")
+            .first()
+            .and_then(|id| id.parse().ok());
+        let under_admin = readings_under(&request.path, "/admin");
+        if !under_admin.is_empty() {
+            let sent = id.map_or("?", |id: usize| probes[id].1.target.as_str());
+            findings.push(format!(
+                "sent {sent:?} (probe {id:?}), upstream got {:?}, read as {under_admin:?}",
+                request.path
+            ));
+        }
+        let id = id.expect("every corpus request carries x-probe-id");
+        assert!(
+            reached.insert(id, request.path.clone()).is_none(),
+            "probe {id} twice"
+        );
+    }
+
+    // Envoy's view of each probe (its normalised :path and what it did), from the access log.
+    let wanted: Vec<usize> = responses
+        .iter()
+        .filter(|(_, r)| {
+            r.as_ref().is_ok_and(|r| {
+                r.echoed().is_some() || r.header("x-scopegate-decision-id").is_some()
+            })
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    // (Only for the summary: if it stays incomplete, the missing probes show as "not logged".)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let envoy_view = loop {
+        let view: HashMap<usize, _> = stack
+            .envoy
+            .access_log()
+            .into_iter()
+            .filter_map(|entry| Some((entry.probe.parse().ok()?, entry)))
+            .collect();
+        if wanted.iter().all(|id| view.contains_key(id)) || std::time::Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Summary per class: what Envoy did with the path, and how the request ended.
+    let mut summary: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut ambiguous_reached = BTreeMap::new();
+    let mut unchecked_but_not_plain = Vec::new();
+    let mut disagreements = Vec::new();
+    for (id, probe, token) in &probes {
+        let response = &responses[id];
+        let end = outcome(response);
+        let sent = origin_form(&probe.target);
+        let envoy = match envoy_view.get(id) {
+            Some(e) if end.starts_with("envoy ") => format!("rejected ({})", e.details),
+            None if end.starts_with("envoy ") || end.starts_with("no response") => {
+                "rejected (before its headers were parsed)".to_string()
+            }
+            Some(e) if e.path == sent => "as sent".to_string(),
+            Some(_) => "normalised".to_string(),
+            None => "not logged".to_string(),
+        };
+        // The client's view and the upstream's log agree.
+        if let Ok(r) = response {
+            let echoed = r.echoed().map(|e| e.path);
+            if echoed.as_ref() != reached.get(id) {
+                disagreements.push(format!(
+                    "probe {id} {:?}: response echoed {echoed:?}, upstream logged {:?}",
+                    probe.target,
+                    reached.get(id)
+                ));
+            }
+        }
+        if let Some(path) = reached.get(id) {
+            if !path_readings::is_unambiguous(path) {
+                ambiguous_reached.insert(path.clone(), probe.target.clone());
+            }
+            // Without a token only two ways lead to the upstream: the unchecked /static/ route,
+            // which must only ever forward plain, unambiguous paths, and public rules.
+            if token.is_none()
+                && !is_under(&path_readings::rfc3986(path), "/public")
+                && !(matches_static_route(path) && path_readings::is_unambiguous(path))
+            {
+                unchecked_but_not_plain.push(format!("{:?} -> {path:?}", probe.target));
+            }
+        }
+        let who = if token.is_some() {
+            "orders:read"
+        } else {
+            "no token"
+        };
+        for (dimension, value) in probe
+            .classes
+            .iter()
+            .map(|(d, v)| (*d, v.clone()))
+            .chain([("token", who.to_string())])
+        {
+            let row = summary.entry(format!("{dimension} {value:?}")).or_default();
+            *row.entry(format!("envoy: {envoy}")).or_default() += 1;
+            *row.entry(end.clone()).or_default() += 1;
+        }
+    }
+    println!(
+        "{} hostile probes ({} targets x {} credentials); {} reached the upstream",
+        probes.len(),
+        corpus.len(),
+        tokens.len(),
+        reached.len()
+    );
+    for (class, counts) in &summary {
+        let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("{class}: {}", counts.join(", "));
+    }
+    println!(
+        "reached the upstream, readers disagree ({}):",
+        ambiguous_reached.len()
+    );
+    for (path, target) in &ambiguous_reached {
+        println!("  {path:?} (sent {target:?}): {:?}", readings(path));
+    }
+
+    assert!(
+        findings.is_empty(),
+        "{} request(s) reached the upstream at a path some upstream reads as /admin:\n{}",
+        findings.len(),
+        findings.join("\n")
+    );
+    assert!(
+        unchecked_but_not_plain.is_empty(),
+        "without a token, these reached the upstream at a path that is neither public nor a \
+         plain /static/ path:\n{}",
+        unchecked_but_not_plain.join("\n")
+    );
+    assert!(
+        disagreements.is_empty(),
+        "the responses and the upstream's log disagree:\n{}",
+        disagreements.join("\n")
+    );
+    // The corpus is not refused wholesale: Envoy normalises some of it onto the benign routes.
+    assert!(
+        reached.values().any(|p| matches_static_route(p)),
+        "no hostile probe was resolved onto /static/ at all: {reached:?}"
+    );
+}
+
+#[test]
+fn path_readings_resolve_as_their_servers_would() {
+    use path_readings::{
+        decode_first, merge_slashes, merged_rfc3986, remove_dot_segments, strip_path_params, tomcat,
+    };
+    // RFC 3986 §5.2.4 and §5.4 examples.
+    assert_eq!(remove_dot_segments("/a/b/c/./../../g"), "/a/g");
+    assert_eq!(remove_dot_segments("mid/content=5/../6"), "mid/6");
+    assert_eq!(remove_dot_segments("/../../g"), "/g");
+    assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
+    assert_eq!(remove_dot_segments("/a/b/."), "/a/b/");
+    assert_eq!(remove_dot_segments("/a//../b"), "/a/b");
+    assert_eq!(remove_dot_segments("/a/..;/b"), "/a/..;/b");
+    assert_eq!(merge_slashes("//a///b/"), "/a/b/");
+    assert_eq!(strip_path_params("/a;x=1/..;/b;"), "/a/../b");
+
+    // (a) RFC 3986: %2e is a dot, `;` is just a character, `//` an empty segment.
+    assert_eq!(rfc3986_of("/static/%2e%2E/admin/x"), "/admin/x");
+    assert_eq!(rfc3986_of("/static/..;/admin/x"), "/static/..;/admin/x");
+    assert_eq!(rfc3986_of("/static//../admin"), "/static/admin");
+    assert_eq!(rfc3986_of("/static/%61dmin?q=/../x"), "/static/admin");
+    assert_eq!(rfc3986_of("/static/..%2fadmin"), "/static/..%2fadmin");
+    // (b) slashes merged first.
+    assert_eq!(merged_rfc3986("/static//../admin"), "/admin");
+    assert_eq!(merged_rfc3986("/static//..%2Fadmin"), "/static/..%2Fadmin");
+    // (c) Tomcat: params stripped from the raw segments, then decoded, `\` as `/`.
+    assert_eq!(tomcat("/static/..;/admin/x"), "/admin/x");
+    assert_eq!(tomcat("/static/%2e%2e;x=1/admin"), "/admin");
+    assert_eq!(tomcat("/static/x;/../../admin"), "/admin");
+    assert_eq!(tomcat("/static\\..\\admin"), "/admin");
+    assert_eq!(tomcat("/static/..%2fadmin"), "/admin");
+    assert_eq!(tomcat("/static/..%5c..%5cadmin"), "/admin");
+    assert_eq!(tomcat("/static/..%3B/admin"), "/static/..;/admin");
+    assert_eq!(tomcat("/static/app.js?/../../admin"), "/static/app.js");
+    // (d) decode first: an encoded `;` is a `;`.
+    assert_eq!(decode_first("/static/..%3B/admin"), "/admin");
+    assert_eq!(decode_first("/static/%2e%2e%3bx/admin"), "/admin");
+
+    assert!(is_under("/admin", "/admin"));
+    assert!(is_under("/admin/", "/admin"));
+    assert!(is_under("/ADMIN/x", "/admin"));
+    assert!(is_under("/admin;x=1/y", "/admin"));
+    assert!(!is_under("/administrator", "/admin"));
+    assert!(!is_under("/static/admin", "/admin"));
+    assert!(path_readings::is_unambiguous("/static/app.js?v=1"));
+    assert!(!path_readings::is_unambiguous("/static/a;v=1"));
+    assert!(!path_readings::is_unambiguous("/static/%61"));
+    assert!(!path_readings::is_unambiguous("/static//a"));
+    assert_eq!(
+        readings_under("/legacy/orders/..%3B/..%3B/admin/x", "/admin"),
+        [("decode-first", "/admin/x".to_string())]
+    );
+}
+
+fn rfc3986_of(target: &str) -> String {
+    path_readings::rfc3986(target)
+}
+
+#[test]
+fn the_static_route_mirror_and_the_corpus_are_what_they_claim() {
+    for plain in [
+        "/static/app.js",
+        "/static/css/site.v2.css?v=1",
+        "/static/a-b_c~d",
+    ] {
+        assert!(matches_static_route(plain), "{plain}");
+    }
+    for not_plain in [
+        "/static",
+        "/static/",
+        "/static/css/",
+        "/static//a",
+        "/static/.hidden",
+        "/static/..",
+        "/static/a;b",
+        "/static/a%20b",
+        "/static/a\\b",
+        "/staticx/a",
+        "/admin/x",
+    ] {
+        assert!(!matches_static_route(not_plain), "{not_plain}");
+    }
+    assert_eq!(origin_form("http://api.example.com:80/a?b"), "/a?b");
+    assert_eq!(origin_form("HTTP://API.EXAMPLE.COM"), "/");
+    assert_eq!(origin_form("/a"), "/a");
+
+    let corpus = hostile_corpus();
+    assert!(corpus.len() > 10_000, "{}", corpus.len());
+    // Every generated climb (not the look-alikes `%252e%252e`, `...`) names something under
+    // /admin for at least one reader: the corpus does aim at /admin.
+    const LOOK_ALIKES: [&str; 2] = ["%252e%252e", "..."];
+    let mut climbs = 0;
+    for probe in &corpus {
+        let up = probe.classes.iter().find(|(d, _)| *d == "up");
+        let Some((_, up)) = up.filter(|(_, up)| !LOOK_ALIKES.contains(&up.as_str())) else {
+            continue;
+        };
+        let target = origin_form(&probe.target);
+        assert!(
+            !readings_under(target, "/admin").is_empty(),
+            "{target:?} (up {up:?}): {:?}",
+            readings(target)
+        );
+        climbs += 1;
+    }
+    assert!(climbs > 8_000, "{climbs}");
 }

@@ -23,9 +23,11 @@
 //!   percent-encoded bytes that are not valid UTF-8 (overlong forms such as `%C0%AE`).
 //!
 //! A normalising Envoy (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action:
-//! REJECT_REQUEST`, as in `examples/envoy/envoy.yaml`) never forwards any of these except `;`,
-//! which no conforming client needs in a path that an authorizer must tell apart, so refusing
-//! them costs a correctly configured deployment nothing. There is deliberately no lenient mode.
+//! REJECT_REQUEST`, as in `examples/envoy/envoy.yaml`) resolves dot segments (also `%2e`),
+//! merges slashes and rejects `%2F`/`%5C`; what it still forwards (`;` and `%3B`, `%25xx` and
+//! other escapes, `..;` forms it does not resolve) is exactly what some upstream would read
+//! differently, so refusing it costs a correctly configured deployment nothing. There is
+//! deliberately no lenient mode.
 //! A pinned rule (`scopegate.rule`) goes through the same check: it ignores the path for rule
 //! selection but still refuses a path that is not in normal form.
 //!

