@@ -46,6 +46,11 @@ fn validate(file: &std::path::Path) -> ExitCode {
     match document::load_file(file) {
         Ok(rules) => {
             println!("{}: ok ({})", file.display(), rules.summary());
+            for (id, issuer) in &rules.issuers {
+                for key in issuer.skipped_keys.iter().filter(|k| !k.is_expected()) {
+                    println!("{}: issuers/{id}: skipped {key}", file.display());
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

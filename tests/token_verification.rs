@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, Header};
 use scopegate::reason::Reason;
+use scopegate::token::jwks::{SkipReason, SkippedKey};
 use scopegate::token::{IssuerConfig, TokenError, Verifier};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -253,4 +254,224 @@ fn scopes_come_from_scope_or_scp() {
     let mut c = claims("a", "");
     c["scope"] = json!(["not", "a", "string"]);
     assert_eq!(reason(&sign(Algorithm::RS256, &c)), Reason::InvalidClaims);
+}
+
+// ---- Key validation and kid selection (mixed JWKS) ----
+
+/// A verifier for the test issuer over `jwks` (inline), pinning `algorithms`.
+fn issuer_over(jwks: Value, algorithms: &[&str]) -> IssuerConfig {
+    IssuerConfig::from_json(
+        "mixed",
+        &json!({"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": algorithms,
+                "jwks": jwks, "require_typ": "at+jwt"}),
+        None,
+    )
+    .unwrap()
+}
+
+/// The demo JWK with this kid.
+fn demo_jwk(kid: &str) -> Value {
+    let jwks: Value = serde_json::from_slice(
+        &std::fs::read(support::repo_path("examples/keys/demo-jwks.json")).unwrap(),
+    )
+    .unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap()
+        .clone()
+}
+
+fn unknown_key(kid: &str, alg: &str) -> TokenError {
+    TokenError::UnknownKey {
+        kid: Some(kid.into()),
+        alg: alg.into(),
+    }
+}
+
+/// A 1024-bit RSA modulus written as 256 bytes (128 leading zero bytes), so its base64url is
+/// 342 characters like a real 2048-bit one. Test-only key: its private half was thrown away.
+const WEAK_1024_N: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACsu2xVeGjGDBxyWvY2prLJndtXl6HubEPuJ-HtCuFFGnwEgAfS4HbLggjw2S0TaduSxm-c_60PTlHwEIn-qYGu95qzgFTOHyOfQ3XoTK5DLppvirf4-HygO8k6NALwMR68LcPKDAVqloWmZM3Cvquvpo026NHSbl3VanaDjl987w";
+/// An RS256 access token (kid `weak-1024`, `scope: orders:admin`, exp 2100-01-01) signed with
+/// that 1024-bit key. aws-lc refuses to sign with a key under 2048 bits, so it was minted once
+/// with Python `cryptography` (PKCS#1 v1.5, SHA-256) and pasted here.
+const WEAK_1024_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6IndlYWstMTAyNCJ9.eyJpc3MiOiJodHRwczovL2lkcC50ZXN0LyIsImF1ZCI6Im9yZGVycy1hcGkiLCJzdWIiOiJtYWxsb3J5IiwiY2xpZW50X2lkIjoidGVzdC1jbGllbnQiLCJzY29wZSI6Im9yZGVyczphZG1pbiIsImlhdCI6MTc2NzIyNTYwMCwibmJmIjoxNzY3MjI1NjAwLCJleHAiOjQxMDI0NDQ4MDAsImp0aSI6IndlYWstMTAyNC10b2tlbiJ9.VfkR-jEBj7Jmevkd0ZhGdGUPTjP47Ak4Ekb8S2WvgG-zzJToeBMHzoE0tDrkE6O_x_9S5Bjp3zCFBAUlryTPnTVUKzZODiUPRO0w-rO7xN2N30-zSVFc4ETACe3Xyb8ixDI6cXPqEujwhORBkXt52eyR5C5qpCxZfqOYfJ0ogzk";
+
+#[test]
+fn a_token_signed_by_a_zero_padded_1024_bit_key_is_refused() {
+    use aws_lc_rs::signature::{
+        RsaPublicKeyComponents, RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+    };
+    // The token really is signed by the published key (checked with aws-lc's legacy 1024-bit
+    // verifier), so only the key check stands between it and `orders:admin`.
+    let n = B64.decode(WEAK_1024_N).unwrap();
+    assert_eq!(
+        (n.len(), n.iter().take_while(|b| **b == 0).count()),
+        (256, 128)
+    );
+    let (signed, signature) = WEAK_1024_TOKEN.rsplit_once('.').unwrap();
+    let key = RsaPublicKeyComponents {
+        n: &n[128..],
+        e: &[1u8, 0, 1][..],
+    };
+    key.verify(
+        &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+        signed.as_bytes(),
+        &B64.decode(signature).unwrap(),
+    )
+    .expect("the weak token is genuinely signed");
+
+    let weak =
+        json!({"kty": "RSA", "kid": "weak-1024", "use": "sig", "n": WEAK_1024_N, "e": "AQAB"});
+    let issuer = issuer_over(json!({"keys": [weak, demo_jwk("demo-rsa-1")]}), &["RS256"]);
+    assert_eq!(
+        issuer.skipped_keys,
+        vec![SkippedKey {
+            index: 0,
+            kid: Some("weak-1024".into()),
+            reason: SkipReason::RsaModulusTooShort(1024),
+        }]
+    );
+    let verifier = Verifier::new([Arc::new(issuer)]);
+    assert_eq!(
+        verifier.verify(WEAK_1024_TOKEN),
+        Err(unknown_key("weak-1024", "RS256"))
+    );
+    // The good key beside it still verifies.
+    assert!(verifier
+        .verify(&sign(Algorithm::RS256, &claims("alice", "orders:read")))
+        .is_ok());
+}
+
+#[test]
+fn a_zero_padded_2048_bit_key_still_verifies() {
+    // aws-lc refuses RSA components with leading zeros; scopegate strips them before handing the
+    // key over, so an IdP that pads its modulus keeps working.
+    let mut padded = demo_jwk("demo-rsa-1");
+    let mut n = vec![0u8];
+    n.extend(B64.decode(padded["n"].as_str().unwrap()).unwrap());
+    padded["n"] = json!(B64.encode(&n));
+    padded["e"] = json!("AAEAAQ");
+    let issuer = issuer_over(json!({"keys": [padded]}), &["RS256", "PS256"]);
+    assert!(issuer.skipped_keys.is_empty());
+    let verifier = Verifier::new([Arc::new(issuer)]);
+    for alg in [Algorithm::RS256, Algorithm::PS256] {
+        let verified = verifier.verify(&sign(alg, &claims("alice", "orders:read")));
+        assert_eq!(verified.map(|c| c.sub), Ok(Some("alice".into())), "{alg:?}");
+    }
+}
+
+#[test]
+fn a_short_ed25519_key_is_skipped_before_the_library_sees_it() {
+    // jsonwebtoken 11 panics on an Ed25519 key shorter than 32 bytes when a token arrives for it.
+    let mut short = demo_jwk("demo-ed25519-1");
+    let x = B64.decode(short["x"].as_str().unwrap()).unwrap();
+    short["x"] = json!(B64.encode(&x[..31]));
+    short["kid"] = json!("short-ed");
+    let issuer = issuer_over(
+        json!({"keys": [short, demo_jwk("demo-ed25519-1"), demo_jwk("demo-rsa-1")]}),
+        &["EdDSA", "RS256"],
+    );
+    assert_eq!(
+        issuer.skipped_keys,
+        vec![SkippedKey {
+            index: 0,
+            kid: Some("short-ed".into()),
+            reason: SkipReason::Ed25519KeyLength(31),
+        }]
+    );
+    let verifier = Verifier::new([Arc::new(issuer)]);
+    let (key, _) = demo_key(Algorithm::EdDSA);
+    let token = encode(
+        &header(Algorithm::EdDSA, "short-ed", "at+jwt"),
+        &claims("mallory", "orders:admin"),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        verifier.verify(&token),
+        Err(unknown_key("short-ed", "EdDSA"))
+    );
+    // Good keys still verify, with their kid and without one (every EdDSA key is tried).
+    for alg in [Algorithm::EdDSA, Algorithm::RS256] {
+        let verified = verifier.verify(&sign(alg, &claims("alice", "orders:read")));
+        assert!(verified.is_ok(), "{alg:?}: {verified:?}");
+    }
+    let mut no_kid = Header::new(Algorithm::EdDSA);
+    no_kid.typ = Some("at+jwt".into());
+    let token = encode(&no_kid, &claims("alice", "orders:read"), &key).unwrap();
+    assert!(verifier.verify(&token).is_ok());
+}
+
+#[test]
+fn a_kid_miss_falls_back_only_to_keys_without_kid() {
+    // The RSA key has a kid; the P-256 key is published without one (RFC 7517: kid is optional).
+    let mut ec_no_kid = demo_jwk("demo-ec-p256-1");
+    ec_no_kid.as_object_mut().unwrap().remove("kid");
+    let issuer = issuer_over(
+        json!({"keys": [demo_jwk("demo-rsa-1"), ec_no_kid]}),
+        &["RS256", "ES256"],
+    );
+    let verifier = Verifier::new([Arc::new(issuer)]);
+    let with_kid = |alg: Algorithm, kid: &str| {
+        let (key, _) = demo_key(alg);
+        encode(
+            &header(alg, kid, "at+jwt"),
+            &claims("alice", "orders:read"),
+            &key,
+        )
+        .unwrap()
+    };
+    // An unknown kid is tried against the kid-less key, and verifies if that key signed it…
+    let verified = verifier.verify(&with_kid(Algorithm::ES256, "rotated-away"));
+    assert_eq!(verified.map(|c| c.sub), Ok(Some("alice".into())));
+    // …but never against a key with another kid, even one that would verify the signature.
+    assert_eq!(
+        verifier.verify(&with_kid(Algorithm::RS256, "rotated-away")),
+        Err(unknown_key("rotated-away", "RS256"))
+    );
+    // A kid that names a key selects that key only: no fallback to the kid-less key.
+    assert_eq!(
+        verifier.verify(&with_kid(Algorithm::ES256, "demo-rsa-1")),
+        Err(unknown_key("demo-rsa-1", "ES256"))
+    );
+    // Known kid, right type: verifies as before.
+    assert!(verifier
+        .verify(&with_kid(Algorithm::RS256, "demo-rsa-1"))
+        .is_ok());
+}
+
+#[test]
+fn an_hs256_token_with_a_kid_is_checked_against_the_kid_less_secret() {
+    // An HMAC secret has no kid: a kid in an HS256 token no longer makes it unverifiable.
+    let mut c = claims("svc", "orders:read");
+    c["iss"] = json!("https://hs.test/");
+    let (key, _) = demo_key(Algorithm::HS256);
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("hs-2026".into());
+    let token = encode(&h, &c, &key).unwrap();
+    assert_eq!(
+        verifier().verify(&token).map(|c| c.sub),
+        Ok(Some("svc".into()))
+    );
+    // The forged variant (attacker key, unknown kid) still fails on the signature.
+    let token = encode(&h, &c, &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32])).unwrap();
+    assert_eq!(verifier().verify(&token), Err(TokenError::InvalidSignature));
+}
+
+#[test]
+fn the_demo_jwks_loads_without_skipped_keys() {
+    let dir = support::repo_path("examples/keys");
+    let issuer = IssuerConfig::from_json(
+        "test",
+        &json!({"issuer": ISSUER, "audiences": [AUDIENCE],
+                "algorithms": ["RS256", "PS256", "ES256", "ES384", "EdDSA"],
+                "jwks_file": "demo-jwks.json"}),
+        Some(&dir),
+    )
+    .unwrap();
+    assert_eq!(issuer.keys.len(), 4);
+    assert_eq!(issuer.skipped_keys, vec![]);
 }
