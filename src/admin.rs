@@ -1,6 +1,8 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (a snapshot is loaded and within `--max-staleness`) and `/status` (revision, age, last source
-//! error, as JSON). The gRPC health service lives on the gRPC port (see `app`).
+//! (a snapshot is loaded and within `--max-staleness`), `/readyz/serving` (a snapshot is loaded:
+//! what the gRPC health service reports, for probes that cannot speak gRPC over TLS) and
+//! `/status` (revision, age, last source error, as JSON). The gRPC health service lives on the
+//! gRPC port (see `app`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/serving", get(serving))
         .route("/status", get(status))
         .with_state(state)
 }
@@ -56,6 +59,15 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// SERVING in grpc.health.v1 terms: a snapshot is loaded (staleness is the check path's business).
+async fn serving(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.store.current().is_some() {
+        (StatusCode::OK, "serving\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
     }
 }
 

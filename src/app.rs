@@ -11,19 +11,23 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
 use crate::cache::ClaimsCache;
 use crate::check::Checker;
 use crate::config::{Config, SourceConfig};
+use crate::grpc::tls::{self, ServerTls, TlsError};
 use crate::grpc::AuthorizationService;
 use crate::rules::document::DocumentError;
 use crate::store::etcd::EtcdSource;
 use crate::store::file::FileSource;
 use crate::store::SnapshotStore;
 use crate::telemetry::Metrics;
+
+/// How often health is re-evaluated without a new revision (staleness grows with time).
+const HEALTH_RECHECK: Duration = Duration::from_millis(250);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum AppError {
     },
     #[error("rules file: {0}")]
     Rules(#[from] DocumentError),
+    #[error("listener TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -123,29 +129,35 @@ impl App {
     /// once the listeners are bound; with a rules file the first snapshot is loaded before this
     /// returns, with etcd it arrives in the background.
     pub async fn spawn(self) -> Result<RunningApp, AppError> {
+        let tls = self.config.tls.clone().map(ServerTls::load).transpose()?;
         let mut background = vec![self.spawn_source()?];
         let (admin_listener, admin_addr) = bind(self.config.admin_listen).await?;
         background.push(self.spawn_admin(admin_listener));
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        background.push(tokio::spawn(report_health(reporter, self.store.clone())));
+        let staleness = self.config.check.max_staleness;
+        let health = report_health(reporter, self.store.clone(), staleness);
+        background.push(tokio::spawn(health));
         let (listener, grpc_addr) = bind(self.config.listen).await?;
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(health_service)
-                .add_service(AuthorizationServer::new(self.service))
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(AuthorizationServer::new(self.service.clone()));
+        let stopped = async {
+            let _ = rx.await;
+        };
+        let tls_enabled = tls.is_some();
+        let server = match tls {
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
                 // A custom incoming stream does not inherit the builder's TCP settings: without
                 // TCP_NODELAY every Check waits ~40 ms for a delayed ACK (Nagle).
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = rx.await;
-                    },
-                ),
-        );
-        tracing::info!(%grpc_addr, %admin_addr, "scopegate listening");
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+            Some(tls) => self.serve_tls(router, listener, tls, stopped, &mut background),
+        };
+        tracing::info!(%grpc_addr, %admin_addr, tls = tls_enabled, "scopegate listening");
         Ok(RunningApp {
             grpc_addr,
             admin_addr,
@@ -155,6 +167,22 @@ impl App {
             server,
             background,
         })
+    }
+
+    /// gRPC over TLS: handshakes with the configuration current at accept time; the
+    /// certificate watcher and the accept loop join the background tasks.
+    fn serve_tls(
+        &self,
+        router: Router,
+        listener: TcpListener,
+        tls: ServerTls,
+        stopped: impl Future<Output = ()> + Send + 'static,
+        background: &mut Vec<JoinHandle<()>>,
+    ) -> JoinHandle<Result<(), tonic::transport::Error>> {
+        let (incoming, accept_loop) = tls::incoming(listener, tls.config(), self.metrics.clone());
+        background.push(accept_loop);
+        background.push(tokio::spawn(tls.watch(self.metrics.clone())));
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
     }
 
     fn spawn_source(&self) -> Result<JoinHandle<()>, AppError> {
@@ -194,20 +222,33 @@ pub async fn start(config: &Config) -> Result<RunningApp, AppError> {
     App::build(config.clone()).spawn().await
 }
 
-/// SERVING once a snapshot is loaded (for `""` and the ext_authz service); NOT_SERVING before.
-async fn report_health(reporter: tonic_health::server::HealthReporter, store: Arc<SnapshotStore>) {
+/// SERVING once a snapshot is loaded and (with `--max-staleness`) not stale, for `""` and the
+/// ext_authz service; NOT_SERVING otherwise. A replica cut off from etcd thus takes itself out of
+/// rotation (Envoy's gRPC health check ejects it) instead of answering 503 to its share of the
+/// traffic. Re-evaluated on every new revision and every [`HEALTH_RECHECK`].
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    store: Arc<SnapshotStore>,
+    max_staleness: Option<Duration>,
+) {
     let mut revisions = store.subscribe();
     let name = <AuthorizationServer<AuthorizationService> as tonic::server::NamedService>::NAME;
+    let mut reported = None;
     loop {
-        let status = if store.current().is_some() {
+        let serving = store.current().is_some() && !store.is_stale(max_staleness);
+        let status = if serving {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        reporter.set_service_status("", status).await;
-        reporter.set_service_status(name, status).await;
-        if revisions.changed().await.is_err() {
-            return;
+        if reported != Some(serving) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(name, status).await;
+            reported = Some(serving);
+        }
+        tokio::select! {
+            changed = revisions.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(HEALTH_RECHECK) => {}
         }
     }
 }

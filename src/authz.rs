@@ -2,10 +2,14 @@
 //!
 //! Order: match the most specific route (none: 403 `no_rule`); a public route allows without
 //! looking at the token; otherwise the credential must be present (401), well-formed (400),
-//! valid (401 `invalid_token`), not revoked (401 `invalid_token`) and carry the required scopes
-//! (403 `insufficient_scope`). A `dry_run` route turns any of those denials into an allow that
-//! reports what would have happened.
+//! valid (401 `invalid_token`; a DPoP proof or binding that fails answers with a `DPoP`
+//! challenge, RFC 9449 §7.1), bound as the route's `require_binding` asks (401
+//! `binding_required`), not revoked (401 `invalid_token`) and carry the required scopes
+//! (403 `insufficient_scope`). A `dry_run` route (or every enforce route, when the `settings`
+//! key says `mode: dry_run`) turns any of those denials into an allow that reports what would
+//! have happened. Last, an incident lockdown ([`lockdown`]) may tighten the decision, never loosen.
 
+pub mod lockdown;
 pub mod request;
 pub mod scope;
 
@@ -14,9 +18,10 @@ use std::sync::Arc;
 pub use request::{Request, RequestError};
 
 use crate::reason::Reason;
-use crate::rules::{Mode, Route};
+use crate::rules::route::BindingRequirement;
+use crate::rules::{in_force, IssuedBefore, Mode, Route};
 use crate::store::Snapshot;
-use crate::token::{Claims, TokenError};
+use crate::token::{binding, dpop, BindingError, Claims, TokenError};
 
 /// The bearer credential, as far as it could be established.
 #[derive(Debug, Clone)]
@@ -25,6 +30,8 @@ pub enum Credential {
     Absent,
     /// An `Authorization: Bearer` header that is not a valid b64token.
     Malformed,
+    /// More than one `DPoP` header, or one that cannot be read (RFC 9449 §4.3: exactly one).
+    MalformedDpop,
     /// A token that failed verification.
     Invalid(TokenError),
     /// A verified token.
@@ -53,6 +60,13 @@ pub enum Challenge {
     InvalidToken(&'static str),
     /// `error="insufficient_scope", scope="…"`
     InsufficientScope(String),
+    /// `DPoP algs="…"`: no credential where a DPoP-bound token is required.
+    Dpop,
+    /// `DPoP error="invalid_dpop_proof", error_description="…", algs="…"` (RFC 9449 §7.1).
+    DpopProof(&'static str),
+    /// `DPoP error="invalid_token", error_description="…", algs="…"`: the token's DPoP binding
+    /// does not hold (or the token is not DPoP-bound where that is required).
+    DpopToken(&'static str),
 }
 
 impl Challenge {
@@ -72,8 +86,18 @@ impl Challenge {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", \
                  error_description=\"The access token lacks a required scope\", scope=\"{scope}\""
             )),
+            Challenge::Dpop => Some(format!("DPoP algs=\"{}\"", dpop::ALGS_PARAMETER)),
+            Challenge::DpopProof(d) => Some(dpop_with("invalid_dpop_proof", d)),
+            Challenge::DpopToken(d) => Some(dpop_with("invalid_token", d)),
         }
     }
+}
+
+fn dpop_with(error: &str, description: &str) -> String {
+    format!(
+        "DPoP error=\"{error}\", error_description=\"{description}\", algs=\"{}\"",
+        dpop::ALGS_PARAMETER
+    )
 }
 
 /// A denial: status, reason code and challenge.
@@ -97,6 +121,7 @@ impl Denial {
     pub fn invalid_request(error: &RequestError) -> Denial {
         let description = match error {
             RequestError::MalformedBearer => "The Authorization header is malformed",
+            RequestError::MalformedDpop => "The DPoP header is repeated or unreadable",
             _ => "The request path or host is not acceptable",
         };
         Denial::new(
@@ -111,14 +136,27 @@ impl Denial {
     pub fn error_code(&self) -> &'static str {
         match &self.challenge {
             Challenge::InvalidRequest(_) => "invalid_request",
-            Challenge::InvalidToken(_) => "invalid_token",
+            Challenge::InvalidToken(_) | Challenge::DpopToken(_) => "invalid_token",
+            Challenge::DpopProof(_) => "invalid_dpop_proof",
             Challenge::InsufficientScope(_) => "insufficient_scope",
-            Challenge::Bearer => "unauthorized",
+            Challenge::Bearer | Challenge::Dpop => "unauthorized",
             Challenge::None if self.status == DenyStatus::ServiceUnavailable => {
                 "temporarily_unavailable"
             }
             Challenge::None => "access_denied",
         }
+    }
+
+    /// 401 for a token that failed verification or whose binding does not hold: a `DPoP`
+    /// challenge for DPoP problems (RFC 9449 §7.1), a `Bearer` one otherwise.
+    pub fn invalid_token(error: &TokenError) -> Denial {
+        let description = error.description();
+        let challenge = match error {
+            TokenError::Binding(BindingError::Proof(_)) => Challenge::DpopProof(description),
+            TokenError::Binding(b) if b.is_dpop() => Challenge::DpopToken(description),
+            _ => Challenge::InvalidToken(description),
+        };
+        Denial::new(DenyStatus::Unauthorized, error.reason(), challenge)
     }
 
     /// Fail closed: no snapshot, or one older than allowed.
@@ -181,21 +219,44 @@ impl Decision {
     }
 }
 
-/// Decides one request. `credential` is only called when the matched route is not public, so
-/// unrouted and public requests cost no signature check.
+/// The credential, established at most once and only when something asks for it.
+struct LazyCredential<F> {
+    make: Option<F>,
+    value: Option<Credential>,
+}
+
+impl<F: FnOnce() -> Credential> LazyCredential<F> {
+    fn new(make: F) -> Self {
+        LazyCredential {
+            make: Some(make),
+            value: None,
+        }
+    }
+
+    fn get(&mut self) -> &Credential {
+        let make = &mut self.make;
+        self.value
+            .get_or_insert_with(|| make.take().map_or(Credential::Absent, |f| f()))
+    }
+}
+
+/// Decides one request. `credential` is only called when the matched route is not public (or a
+/// lockdown asks for a bypass scope), so unrouted and public requests cost no signature check.
 pub fn decide(
     snapshot: &Snapshot,
     request: &Request,
     credential: impl FnOnce() -> Credential,
 ) -> Decision {
     let segments = request.segments();
-    match snapshot
+    let mut credential = LazyCredential::new(credential);
+    let decision = match snapshot
         .routes
         .find(&request.host, &request.method, &segments)
     {
-        Some(route) => decide_for_route(snapshot, route, credential),
+        Some(route) => decide_for_route(snapshot, request, route, &mut credential),
         None => no_rule(),
-    }
+    };
+    lockdown::tighten(snapshot, request, decision, &mut credential)
 }
 
 /// Decides with the rule named by Envoy's per-route context extension instead of matching host
@@ -211,10 +272,12 @@ pub fn decide_with_rule(
             .as_ref()
             .is_none_or(|m| m.contains(&request.method))
     });
-    match route {
-        Some(route) => decide_for_route(snapshot, route, credential),
+    let mut credential = LazyCredential::new(credential);
+    let decision = match route {
+        Some(route) => decide_for_route(snapshot, request, route, &mut credential),
         None => no_rule(),
-    }
+    };
+    lockdown::tighten(snapshot, request, decision, &mut credential)
 }
 
 fn no_rule() -> Decision {
@@ -225,10 +288,11 @@ fn no_rule() -> Decision {
     ))
 }
 
-fn decide_for_route(
+fn decide_for_route<F: FnOnce() -> Credential>(
     snapshot: &Snapshot,
+    request: &Request,
     route: &Arc<Route>,
-    credential: impl FnOnce() -> Credential,
+    credential: &mut LazyCredential<F>,
 ) -> Decision {
     let rule = Some(route.clone());
     if route.require == crate::rules::Requirement::Public {
@@ -241,30 +305,28 @@ fn decide_for_route(
             claims: None,
         };
     }
-    let (outcome, claims) = match credential() {
-        Credential::Absent => (
-            Err(Denial::new(
-                DenyStatus::Unauthorized,
-                Reason::MissingCredential,
-                Challenge::Bearer,
-            )),
-            None,
-        ),
+    let (outcome, claims) = match credential.get() {
+        Credential::Absent => (Err(missing_credential(route)), None),
         Credential::Malformed => (
             Err(Denial::invalid_request(&RequestError::MalformedBearer)),
             None,
         ),
-        Credential::Invalid(e) => (
-            Err(Denial::new(
-                DenyStatus::Unauthorized,
-                e.reason(),
-                Challenge::InvalidToken(e.description()),
-            )),
+        Credential::MalformedDpop => (
+            Err(Denial::invalid_request(&RequestError::MalformedDpop)),
             None,
         ),
-        Credential::Valid(claims) => (authorize(snapshot, route, &claims), Some(claims)),
+        Credential::Invalid(e) => (Err(Denial::invalid_token(e)), None),
+        Credential::Valid(claims) => (
+            authorize(snapshot, route, claims, request.now),
+            Some(claims.clone()),
+        ),
     };
-    let verdict = match (outcome, route.mode) {
+    // The `settings` key can shadow the whole policy: every enforce rule runs in dry run.
+    let mode = match snapshot.rules.global_dry_run() {
+        true => Mode::DryRun,
+        false => route.mode,
+    };
+    let verdict = match (outcome, mode) {
         (Ok(()), _) => Verdict::Allow {
             reason: Reason::Allowed,
             would_deny: None,
@@ -282,9 +344,25 @@ fn decide_for_route(
     }
 }
 
-/// Revocation and scope checks for a verified token.
-fn authorize(snapshot: &Snapshot, route: &Route, claims: &Claims) -> Result<(), Denial> {
-    if is_revoked(snapshot, claims) {
+/// 401 without a credential: a `DPoP` challenge where the route requires a DPoP-bound token.
+fn missing_credential(route: &Route) -> Denial {
+    let challenge = match route.require_binding {
+        Some(BindingRequirement::Dpop) => Challenge::Dpop,
+        _ => Challenge::Bearer,
+    };
+    Denial::new(DenyStatus::Unauthorized, Reason::MissingCredential, challenge)
+}
+
+/// Binding requirement, revocation and scope checks for a verified token (whose own binding,
+/// if it has one, was already proven for this request).
+fn authorize(snapshot: &Snapshot, route: &Route, claims: &Claims, now: i64) -> Result<(), Denial> {
+    if let Some(required) = route.require_binding {
+        if !binding::satisfies(claims.cnf.as_ref(), required) {
+            let error = TokenError::Binding(BindingError::Required(required));
+            return Err(Denial::invalid_token(&error));
+        }
+    }
+    if is_revoked(snapshot, claims, now) {
         return Err(Denial::new(
             DenyStatus::Unauthorized,
             Reason::TokenRevoked,
@@ -302,12 +380,16 @@ fn authorize(snapshot: &Snapshot, route: &Route, claims: &Claims) -> Result<(), 
 }
 
 /// A token is revoked by its `jti`, or when its subject or client has a revocation that is later
-/// than its `iat` (a token without `iat` counts as issued at the beginning of time).
-pub fn is_revoked(snapshot: &Snapshot, claims: &Claims) -> bool {
+/// than its `iat` (a token without `iat` counts as issued at the beginning of time). A
+/// revocation whose `expires_at` is not after `now` no longer applies.
+pub fn is_revoked(snapshot: &Snapshot, claims: &Claims, now: i64) -> bool {
     let r = &snapshot.revocations;
     let issued_at = claims.iat.unwrap_or(i64::MIN);
-    let before = |cutoff: Option<&i64>| cutoff.is_some_and(|c| issued_at < *c);
-    claims.jti.as_ref().is_some_and(|j| r.jti.contains(j))
+    let before = |cutoff: Option<&IssuedBefore>| {
+        cutoff.is_some_and(|c| issued_at < c.issued_before && in_force(c.expires_at, now))
+    };
+    let jti = claims.jti.as_ref().and_then(|j| r.jti.get(j));
+    jti.is_some_and(|expires_at| in_force(*expires_at, now))
         || before(claims.sub.as_ref().and_then(|s| r.subjects.get(s)))
         || before(claims.client_id.as_ref().and_then(|c| r.clients.get(c)))
 }
@@ -361,6 +443,7 @@ mod tests {
             iat: Some(iat),
             exp: i64::MAX,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            cnf: None,
         }))
     }
 

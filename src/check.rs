@@ -1,19 +1,22 @@
 //! The check pipeline, independent of gRPC: take the current snapshot, parse the request, verify
-//! the bearer token through the claims cache (only when the matched rule needs it), decide,
-//! apply the staleness bound, then count and log the decision.
+//! the access token through the claims cache (only when the matched rule needs it) and, on every
+//! request, the binding it carries (client certificate, DPoP proof), decide, apply the staleness
+//! bound, then count and log the decision.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::authz::request::bearer_token;
+use crate::authz::request::access_token;
 use crate::authz::{self, Credential, Decision, Denial, Request};
 use crate::cache::{self, ClaimsCache};
 use crate::reason::Reason;
 use crate::store::{Snapshot, SnapshotStore};
 use crate::telemetry::{self, DecisionLogMode, DecisionRecord, Metrics};
-use crate::token::TokenError;
+use crate::token::binding::{self, Presentation, Scheme};
+use crate::token::dpop::{DpopSettings, ReplayCache};
+use crate::token::{Claims, TokenError};
 
 /// Context extension (Envoy `ExtAuthzPerRoute.check_settings.context_extensions`) that pins a
 /// request to one rule id instead of matching by host and path.
@@ -30,6 +33,8 @@ pub struct CheckSettings {
     /// Deny non-public routes when the snapshot was last confirmed longer ago than this.
     pub max_staleness: Option<Duration>,
     pub decision_log: DecisionLogMode,
+    /// DPoP proof `iat` window and replay cache size.
+    pub dpop: DpopSettings,
 }
 
 impl Default for CheckSettings {
@@ -38,19 +43,24 @@ impl Default for CheckSettings {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             max_staleness: None,
             decision_log: DecisionLogMode::All,
+            dpop: DpopSettings::default(),
         }
     }
 }
 
-/// The `Authorization` header as Envoy forwarded it.
+/// A header that must appear at most once (`Authorization`, `DPoP`), as Envoy forwarded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthorizationHeader<'a> {
+pub enum SingleHeader<'a> {
     Absent,
     One(&'a str),
-    /// Sent more than once, or not valid UTF-8: a request that carries two credentials, or one
-    /// that cannot be read, is malformed (400), whichever copy an upstream would pick.
+    /// Sent more than once, or not valid UTF-8: a request that carries two credentials (or two
+    /// proofs), or one that cannot be read, is malformed (400), whichever copy an upstream would
+    /// pick.
     Malformed,
 }
+
+/// The `Authorization` header as Envoy forwarded it.
+pub type AuthorizationHeader<'a> = SingleHeader<'a>;
 
 /// One request as Envoy describes it (borrowed from the `CheckRequest`).
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +70,14 @@ pub struct CheckInput<'a> {
     /// `:path` as received, query included.
     pub path: &'a str,
     pub authorization: AuthorizationHeader<'a>,
+    /// The RFC 9449 `DPoP` proof header.
+    pub dpop: SingleHeader<'a>,
+    /// `http` or `https`, as Envoy saw the request (`attributes.request.http.scheme`): the
+    /// scheme of the URI a DPoP proof's `htu` must name.
+    pub scheme: &'a str,
+    /// The client certificate, URL-encoded PEM (`attributes.source.certificate`, sent when
+    /// Envoy's ext_authz filter sets `include_peer_certificate: true`).
+    pub peer_certificate: Option<&'a str>,
     pub context: Option<&'a HashMap<String, String>>,
 }
 
@@ -76,6 +94,8 @@ pub struct CheckOutcome {
 pub struct Checker {
     store: Arc<SnapshotStore>,
     cache: ClaimsCache,
+    /// DPoP proofs seen by this replica within their iat window.
+    replay: ReplayCache,
     metrics: Arc<Metrics>,
     settings: CheckSettings,
 }
@@ -87,9 +107,14 @@ impl Checker {
         metrics: Arc<Metrics>,
         settings: CheckSettings,
     ) -> Checker {
+        let evicted = metrics.check.dpop_replay_evictions.clone();
+        let replay = ReplayCache::new(settings.dpop, move || {
+            evicted.inc();
+        });
         Checker {
             store,
             cache,
+            replay,
             metrics,
             settings,
         }
@@ -144,7 +169,8 @@ impl Checker {
             Ok(request) => request,
             Err(e) => return Decision::deny(Denial::invalid_request(&e)),
         };
-        let credential = || self.credential(snapshot, input.authorization);
+        let now = request.now;
+        let credential = || self.credential(snapshot, input, now);
         let pinned_rule = input.context.and_then(|c| c.get(CONTEXT_RULE));
         let decision = match pinned_rule {
             Some(rule_id) => authz::decide_with_rule(snapshot, &request, rule_id, credential),
@@ -157,24 +183,62 @@ impl Checker {
         decision
     }
 
-    fn credential(
-        &self,
-        snapshot: &Snapshot,
-        authorization: AuthorizationHeader<'_>,
-    ) -> Credential {
-        let value = match authorization {
-            AuthorizationHeader::Absent => None,
-            AuthorizationHeader::One(value) => Some(value),
-            AuthorizationHeader::Malformed => return Credential::Malformed,
+    fn credential(&self, snapshot: &Snapshot, input: &CheckInput<'_>, now: i64) -> Credential {
+        let value = match input.authorization {
+            SingleHeader::Absent => None,
+            SingleHeader::One(value) => Some(value),
+            SingleHeader::Malformed => return Credential::Malformed,
         };
         // The size bound applies to the token itself, once, before any JWT parsing.
-        match bearer_token(value) {
-            Err(_) => Credential::Malformed,
-            Ok(None) => Credential::Absent,
-            Ok(Some(token)) if token.len() > self.settings.max_token_bytes => Credential::Invalid(
-                TokenError::TooLarge(token.len(), self.settings.max_token_bytes),
-            ),
-            Ok(Some(token)) => self.verify(snapshot, token),
+        let (scheme, token) = match access_token(value) {
+            Err(_) => return Credential::Malformed,
+            Ok(None) => return Credential::Absent,
+            Ok(Some((_, token))) if token.len() > self.settings.max_token_bytes => {
+                let max = self.settings.max_token_bytes;
+                return Credential::Invalid(TokenError::TooLarge(token.len(), max));
+            }
+            Ok(Some(found)) => found,
+        };
+        // Envoy joins repeated headers with ',' in `headers`; a compact JWS has none.
+        let proof = match input.dpop {
+            SingleHeader::Absent => None,
+            SingleHeader::One(proof) if !proof.contains(',') => Some(proof),
+            SingleHeader::One(_) | SingleHeader::Malformed => return Credential::MalformedDpop,
+        };
+        match self.verify(snapshot, token) {
+            // Plain bearer (the cached fast path): nothing to prove, nothing allocated.
+            Credential::Valid(claims) if scheme == Scheme::Bearer && claims.cnf.is_none() => {
+                Credential::Valid(claims)
+            }
+            Credential::Valid(claims) => {
+                let presented = Presentation {
+                    scheme,
+                    proof,
+                    peer_certificate: input.peer_certificate,
+                    http_scheme: input.scheme,
+                    host: input.host,
+                    method: input.method,
+                    path: input.path,
+                };
+                self.bind(token, claims, &presented, now)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks, for this request, the binding the (verified, possibly cached) token carries:
+    /// never cached, since a proof is per request and the certificate per connection.
+    fn bind(
+        &self,
+        token: &str,
+        claims: Arc<Claims>,
+        presented: &Presentation<'_>,
+        now: i64,
+    ) -> Credential {
+        let dpop = &self.settings.dpop;
+        match binding::enforce(token, &claims, presented, dpop, &self.replay, now) {
+            Ok(()) => Credential::Valid(claims),
+            Err(e) => Credential::Invalid(TokenError::Binding(e)),
         }
     }
 

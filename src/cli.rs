@@ -1,7 +1,11 @@
 //! Command-line interface (clap derive). Every `serve` flag can also be set through an
 //! environment variable `SCOPEGATE_…`; secrets are only ever read from files or the environment
 //! (a password given as a command-line argument is refused). [`ServeArgs::into_config`] turns
-//! the flags into a validated [`Config`]: nothing below this module sees clap.
+//! the flags into a validated [`Config`]: nothing below this module sees clap. The change
+//! commands (`rules apply|get|history|diff|rollback`, `lockdown`, `audit`, `revocations`) have
+//! their flags in [`changes`].
+
+pub mod changes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,14 +39,18 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let matches = Cli::command().try_get_matches_from(argv)?;
-        if let Some(("serve", serve)) = matches.subcommand() {
-            if serve.value_source("etcd_password") == Some(ValueSource::CommandLine) {
-                return Err(Cli::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "the etcd password is never taken from the command line: \
-                     use --etcd-password-file or SCOPEGATE_ETCD_PASSWORD",
-                ));
-            }
+        // Every command that reaches etcd (serve and the change commands) has the flag.
+        let mut leaf = &matches;
+        while let Some((_, sub)) = leaf.subcommand() {
+            leaf = sub;
+        }
+        let given = leaf.try_get_raw("etcd_password").ok().flatten().is_some();
+        if given && leaf.value_source("etcd_password") == Some(ValueSource::CommandLine) {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the etcd password is never taken from the command line: \
+                 use --etcd-password-file or SCOPEGATE_ETCD_PASSWORD",
+            ));
         }
         Cli::from_arg_matches(&matches)
     }
@@ -52,9 +60,18 @@ impl Cli {
 pub enum Command {
     /// Serve Envoy's ext_authz gRPC API.
     Serve(Box<ServeArgs>),
-    /// Work with rules files.
+    /// Work with rules files and versioned rule sets on etcd.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Incident lockdown: tighten matching requests on every replica at once.
+    #[command(subcommand)]
+    Lockdown(changes::LockdownCommand),
+    /// The tamper-evident trail of version records.
+    #[command(subcommand)]
+    Audit(changes::AuditCommand),
+    /// Maintain revocations.
+    #[command(subcommand)]
+    Revocations(changes::RevocationsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +81,16 @@ pub enum RulesCommand {
         /// The rules file (YAML, or JSON by extension).
         file: PathBuf,
     },
+    /// Write a rules file to etcd in ONE transaction, with a version record.
+    Apply(Box<changes::ApplyArgs>),
+    /// Print the prefix as a rules file, now or as it was at a revision.
+    Get(changes::GetArgs),
+    /// The versions (etcd revisions) of the rule set, newest first.
+    History(changes::HistoryArgs),
+    /// Key-by-key differences between two revisions, or a revision and a file.
+    Diff(changes::DiffArgs),
+    /// Restore every rule key exactly as it was at a revision, in one transaction.
+    Rollback(changes::RollbackArgs),
 }
 
 /// Log output format.
@@ -90,7 +117,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SCOPEGATE_RULES",
-        required_unless_present = "etcd_endpoints"
+        required_unless_present = "etcd_endpoints",
+        conflicts_with = "etcd_endpoints"
     )]
     pub rules: Option<PathBuf>,
 
@@ -102,6 +130,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SCOPEGATE_ADMIN_LISTEN", default_value_t = config::DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Remove the client's Authorization header from allowed requests before the upstream.
+    #[arg(long, env = "SCOPEGATE_STRIP_AUTHORIZATION")]
+    pub strip_authorization: bool,
+
     /// Realm in WWW-Authenticate challenges.
     #[arg(long, env = "SCOPEGATE_REALM", default_value = config::DEFAULT_REALM)]
     pub realm: String,
@@ -109,6 +144,17 @@ pub struct ServeArgs {
     /// Refuse Authorization values with tokens larger than this many bytes, before parsing.
     #[arg(long, env = "SCOPEGATE_MAX_TOKEN_BYTES", default_value_t = config::DEFAULT_MAX_TOKEN_BYTES)]
     pub max_token_bytes: usize,
+
+    /// Largest accepted distance between a DPoP proof's iat and now, either way (1s to 5m); proof
+    /// jtis are remembered that long after their iat.
+    #[arg(long, env = "SCOPEGATE_DPOP_IAT_WINDOW", default_value_t = config::DEFAULT_DPOP_IAT_WINDOW.into())]
+    pub dpop_iat_window: HumanDuration,
+
+    /// DPoP proof jtis remembered per replica (replay detection); must cover two iat windows of
+    /// DPoP requests.
+    #[arg(long, env = "SCOPEGATE_DPOP_REPLAY_CAPACITY", default_value_t = config::DEFAULT_DPOP_REPLAY_CAPACITY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dpop_replay_capacity: u64,
 
     /// Longest time a verified token's claims are cached (never beyond the token's exp; 0 disables).
     #[arg(long, env = "SCOPEGATE_CACHE_MAX_TTL", default_value_t = config::DEFAULT_CACHE_MAX_TTL.into())]
@@ -176,6 +222,27 @@ pub struct ServeArgs {
     pub etcd: EtcdArgs,
 }
 
+/// TLS on the gRPC listener (the admin listener stays plain HTTP). The files are reloaded when
+/// they change (cert-manager renewals, Secret symlink swaps); open connections are kept.
+#[derive(Debug, Clone, Args, Default)]
+pub struct TlsArgs {
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
+    #[arg(long, env = "SCOPEGATE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SCOPEGATE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Require client certificates issued by these CAs (PEM), so that only Envoy can ask.
+    #[arg(long, env = "SCOPEGATE_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// Fallback re-read interval of the TLS files (changes are normally seen at once).
+    #[arg(long, env = "SCOPEGATE_TLS_RELOAD_INTERVAL", default_value_t = config::DEFAULT_TLS_RELOAD_INTERVAL.into())]
+    pub tls_reload_interval: HumanDuration,
+}
+
 /// etcd source settings (production). Passwords come from a file or the environment only.
 #[derive(Debug, Clone, Args, Default)]
 pub struct EtcdArgs {
@@ -183,8 +250,7 @@ pub struct EtcdArgs {
     #[arg(
         long = "etcd-endpoints",
         env = "SCOPEGATE_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        conflicts_with = "rules"
+        value_delimiter = ','
     )]
     pub etcd_endpoints: Vec<String>,
 
@@ -249,6 +315,12 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            tls: config::listener_tls(
+                self.tls.tls_cert_file,
+                self.tls.tls_key_file,
+                self.tls.tls_client_ca_file,
+                self.tls.tls_reload_interval.into(),
+            )?,
             source,
             check: CheckSettings {
                 max_token_bytes: self.max_token_bytes,
@@ -258,6 +330,10 @@ impl ServeArgs {
                     DecisionLogArg::Deny => DecisionLogMode::Deny,
                     DecisionLogArg::Off => DecisionLogMode::Off,
                 },
+                dpop: config::dpop_settings(
+                    self.dpop_iat_window.into(),
+                    self.dpop_replay_capacity,
+                )?,
             },
             response: ResponseSettings {
                 realm: self.realm,
@@ -267,6 +343,7 @@ impl ServeArgs {
                     &self.client_id_header,
                 )?,
                 scopes_header: config::header_name("--scopes-header", &self.scopes_header)?,
+                strip_authorization: self.strip_authorization,
             },
             cache: CacheSettings {
                 capacity: self.cache_capacity,

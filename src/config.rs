@@ -8,14 +8,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::check::DEFAULT_MAX_TOKEN_BYTES;
+pub use crate::token::dpop::{
+    DEFAULT_IAT_WINDOW as DEFAULT_DPOP_IAT_WINDOW,
+    DEFAULT_REPLAY_CAPACITY as DEFAULT_DPOP_REPLAY_CAPACITY,
+};
 pub use crate::grpc::{
     DEFAULT_CLIENT_ID_HEADER, DEFAULT_REALM, DEFAULT_SCOPES_HEADER, DEFAULT_SUBJECT_HEADER,
 };
 
 use crate::check::CheckSettings;
+pub use crate::grpc::tls::{TlsSettings, DEFAULT_TLS_RELOAD_INTERVAL};
 use crate::grpc::ResponseSettings;
 use crate::store::etcd::{EtcdSettings, EtcdTls};
 use crate::telemetry::LogFormat;
+use crate::token::dpop::DpopSettings;
 
 /// gRPC listen address (ext_authz and grpc.health.v1).
 pub const DEFAULT_LISTEN: SocketAddr = loopback(9191);
@@ -79,6 +85,9 @@ impl Default for CacheSettings {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// TLS on the gRPC listener (`None`: plain text, e.g. loopback in a sidecar). The files are
+    /// read by `grpc::tls` when the app starts and again whenever they change.
+    pub tls: Option<TlsSettings>,
     pub source: SourceConfig,
     pub check: CheckSettings,
     pub response: ResponseSettings,
@@ -95,6 +104,7 @@ impl Config {
         Config {
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
+            tls: None,
             source,
             check: CheckSettings::default(),
             response: ResponseSettings::default(),
@@ -168,6 +178,46 @@ impl EtcdInput {
         }
         Ok(settings)
     }
+}
+
+/// The listener's TLS from the flags: certificate and key go together; a client CA needs them.
+pub fn listener_tls(
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    reload_interval: Duration,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file,
+            reload_interval,
+        })),
+        (None, None) if client_ca_file.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Invalid(
+            "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
+        )),
+        _ => Err(ConfigError::Invalid(
+            "--tls-cert-file and --tls-key-file go together".into(),
+        )),
+    }
+}
+
+/// Largest DPoP `iat` window accepted: a longer one keeps stolen proofs usable longer.
+pub const MAX_DPOP_IAT_WINDOW: Duration = Duration::from_secs(300);
+
+/// DPoP settings from the flags: a window of 1 s to [`MAX_DPOP_IAT_WINDOW`].
+pub fn dpop_settings(iat_window: Duration, replay_capacity: u64) -> Result<DpopSettings, ConfigError> {
+    if iat_window < Duration::from_secs(1) || iat_window > MAX_DPOP_IAT_WINDOW {
+        return Err(ConfigError::Invalid(
+            "--dpop-iat-window must be between 1s and 5m".into(),
+        ));
+    }
+    Ok(DpopSettings {
+        iat_window,
+        replay_capacity,
+    })
 }
 
 /// Header names must be valid, lower-case HTTP field names (Envoy compares them lower-case).

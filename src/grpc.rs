@@ -1,7 +1,10 @@
 //! The Envoy `envoy.service.auth.v3.Authorization` service. Translation only, no policy: a
 //! `CheckRequest` becomes a [`CheckInput`], the [`Checker`] decides, and the [`Decision`] becomes
 //! a `CheckResponse` (OK with upstream identity headers, or a denied HTTP response with the
-//! RFC 6750 `WWW-Authenticate` challenge).
+//! RFC 6750 `WWW-Authenticate` challenge), with `dynamic_metadata` for Envoy's access log on
+//! every answer. [`tls`]: the listener's TLS, reloaded when the certificate files change.
+
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -12,10 +15,12 @@ use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authz::{Decision, Denial, DenyStatus, Verdict};
-use crate::check::{AuthorizationHeader, CheckInput, CheckOutcome, Checker};
+use crate::check::{CheckInput, CheckOutcome, Checker, SingleHeader};
+use crate::reason::Reason;
 
 /// Realm in `WWW-Authenticate` challenges.
 pub const DEFAULT_REALM: &str = "scopegate";
@@ -31,6 +36,8 @@ pub struct ResponseSettings {
     pub subject_header: String,
     pub client_id_header: String,
     pub scopes_header: String,
+    /// Remove the client's `Authorization` header from allowed requests before the upstream.
+    pub strip_authorization: bool,
 }
 
 impl Default for ResponseSettings {
@@ -40,6 +47,7 @@ impl Default for ResponseSettings {
             subject_header: DEFAULT_SUBJECT_HEADER.into(),
             client_id_header: DEFAULT_CLIENT_ID_HEADER.into(),
             scopes_header: DEFAULT_SCOPES_HEADER.into(),
+            strip_authorization: false,
         }
     }
 }
@@ -73,11 +81,19 @@ impl AuthorizationService {
             host: &http.host,
             method: &http.method,
             path: &http.path,
-            authorization: authorization_header(http),
+            authorization: single_header(http, "authorization"),
+            dpop: single_header(http, "dpop"),
+            scheme: &http.scheme,
+            // URL-encoded PEM; empty unless Envoy sets `include_peer_certificate: true` and the
+            // client presented a certificate.
+            peer_certificate: attributes
+                .and_then(|a| a.source.as_ref())
+                .map(|peer| peer.certificate.as_str())
+                .filter(|pem| !pem.is_empty()),
             context: attributes.map(|a| &a.context_extensions),
         };
         let outcome = self.checker.check(&input);
-        build_response(&outcome, &self.settings)
+        build_response(&outcome, &self.settings, SentHeaders(Some(http)))
     }
 }
 
@@ -91,54 +107,147 @@ impl Authorization for AuthorizationService {
     }
 }
 
-/// The `Authorization` header, from `headers` or (Envoy's `encode_raw_headers`) `header_map`.
-/// Envoy joins repeated headers with ',' in `headers` (the bearer parser refuses that), but
-/// lists each copy in `header_map`: more than one copy, in either field, is malformed.
-fn authorization_header(http: &HttpRequest) -> AuthorizationHeader<'_> {
+/// A header that may appear once (`authorization`, `dpop`; `name` lower-case), from `headers`
+/// or (Envoy's `encode_raw_headers`) `header_map`. Envoy joins repeated headers with ',' in
+/// `headers` (the credential parsers refuse that), but lists each copy in `header_map`: more
+/// than one copy, in either field, is malformed.
+fn single_header<'a>(http: &'a HttpRequest, name: &str) -> SingleHeader<'a> {
     let mut found: Option<&str> = None;
     let mut copies = 0usize;
-    if let Some(value) = http.headers.get("authorization") {
+    if let Some(value) = http.headers.get(name) {
         found = Some(value.as_str());
         copies += 1;
     }
     let listed = http.header_map.iter().flat_map(|map| map.headers.iter());
-    for h in listed.filter(|h| h.key.eq_ignore_ascii_case("authorization")) {
+    for h in listed.filter(|h| h.key.eq_ignore_ascii_case(name)) {
         copies += 1;
         if h.value.is_empty() {
             match std::str::from_utf8(&h.raw_value) {
                 Ok(value) => found = Some(value),
-                Err(_) => return AuthorizationHeader::Malformed,
+                Err(_) => return SingleHeader::Malformed,
             }
         } else {
             found = Some(h.value.as_str());
         }
     }
     match (copies, found) {
-        (0, _) | (_, None) => AuthorizationHeader::Absent,
-        (1, Some(value)) => AuthorizationHeader::One(value),
-        _ => AuthorizationHeader::Malformed,
+        (0, _) | (_, None) => SingleHeader::Absent,
+        (1, Some(value)) => SingleHeader::One(value),
+        _ => SingleHeader::Malformed,
     }
 }
 
 fn denied_without_http() -> CheckResponse {
+    // Not a decision of the checker (nothing to log there): the id ties the answer to this line.
+    let decision_id = uuid::Uuid::new_v4().simple().to_string();
+    tracing::warn!(%decision_id, "CheckRequest without HTTP attributes refused");
     let mut response = CheckResponse::with_status(Status::invalid_argument(
         "scopegate authorizes HTTP requests only",
     ));
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(HttpStatusCode::BadRequest);
     response.set_http_response(denied);
+    let mut metadata = Metadata::default();
+    metadata.text("decision_id", &decision_id);
+    metadata.text("decision", "deny");
+    metadata.text("reason", Reason::InvalidRequest.as_str());
+    response.set_dynamic_metadata(Some(metadata.0));
     response
 }
 
-/// Turns a decision into Envoy's response.
-pub fn build_response(outcome: &CheckOutcome, settings: &ResponseSettings) -> CheckResponse {
-    match &outcome.decision.verdict {
-        Verdict::Allow { .. } => allow_response(&outcome.decision, settings),
-        Verdict::Deny(denial) => deny_response(denial, &outcome.decision_id, settings),
+/// Which headers the client sent, as far as Envoy forwarded them to the check (`headers`, or
+/// `header_map` with `encode_raw_headers`; Envoy sends only what `allowed_headers` lets through).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SentHeaders<'a>(pub Option<&'a HttpRequest>);
+
+impl SentHeaders<'_> {
+    /// Whether a header `name` (lower-case) reached the check.
+    pub fn contains(&self, name: &str) -> bool {
+        let Some(http) = self.0 else { return false };
+        http.headers.keys().any(|k| k.eq_ignore_ascii_case(name))
+            || http
+                .header_map
+                .iter()
+                .flat_map(|map| map.headers.iter())
+                .any(|h| h.key.eq_ignore_ascii_case(name))
     }
 }
 
-fn allow_response(decision: &Decision, settings: &ResponseSettings) -> CheckResponse {
+/// Turns a decision into Envoy's response; `sent` tells which headers the request carries, so
+/// that removals are only asked for headers that are there.
+pub fn build_response(
+    outcome: &CheckOutcome,
+    settings: &ResponseSettings,
+    sent: SentHeaders<'_>,
+) -> CheckResponse {
+    let mut response = match &outcome.decision.verdict {
+        Verdict::Allow { .. } => allow_response(&outcome.decision, settings, sent),
+        Verdict::Deny(denial) => deny_response(denial, &outcome.decision_id, settings),
+    };
+    response.set_dynamic_metadata(Some(dynamic_metadata(outcome)));
+    response
+}
+
+/// `google.protobuf.Struct` under Envoy's `envoy.filters.http.ext_authz` namespace.
+#[derive(Debug, Default)]
+struct Metadata(Struct);
+
+impl Metadata {
+    fn text(&mut self, key: &str, value: &str) {
+        let value = Value {
+            kind: Some(Kind::StringValue(value.to_string())),
+        };
+        self.0.fields.insert(key.to_string(), value);
+    }
+
+    fn number(&mut self, key: &str, value: f64) {
+        let value = Value {
+            kind: Some(Kind::NumberValue(value)),
+        };
+        self.0.fields.insert(key.to_string(), value);
+    }
+}
+
+/// What Envoy's access log and later filters may read
+/// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%`): the same fields as the
+/// decision log line, never the token. `subject` and `client_id` come from verified claims
+/// only (also on a denial of a verified token, e.g. `insufficient_scope`), as in the log.
+fn dynamic_metadata(outcome: &CheckOutcome) -> Struct {
+    let decision = &outcome.decision;
+    let mut metadata = Metadata::default();
+    metadata.text("decision_id", &outcome.decision_id);
+    let allowed = matches!(decision.verdict, Verdict::Allow { .. });
+    metadata.text("decision", if allowed { "allow" } else { "deny" });
+    metadata.text("reason", decision.reason().as_str());
+    if let Verdict::Allow {
+        would_deny: Some(would),
+        ..
+    } = &decision.verdict
+    {
+        metadata.text("would_deny", would.as_str());
+    }
+    if let Some(rule) = &decision.rule {
+        metadata.text("rule_id", &rule.id);
+    }
+    if let Some(revision) = outcome.revision {
+        // A JSON number: exact up to 2^53, far beyond any etcd revision.
+        metadata.number("revision", revision as f64);
+    }
+    let claims = decision.claims.as_deref();
+    if let Some(sub) = claims.and_then(|c| c.sub.as_deref()) {
+        metadata.text("subject", sub);
+    }
+    if let Some(client_id) = claims.and_then(|c| c.client_id.as_deref()) {
+        metadata.text("client_id", client_id);
+    }
+    metadata.0
+}
+
+fn allow_response(
+    decision: &Decision,
+    settings: &ResponseSettings,
+    sent: SentHeaders<'_>,
+) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
     let claims = decision.upstream_identity();
     let scopes = claims.map(|c| c.scopes.join(" "));
@@ -164,11 +273,17 @@ fn allow_response(decision: &Decision, settings: &ResponseSettings) -> CheckResp
                     false,
                 );
             }
-            // Nothing to assert: make sure no client-forged copy reaches the upstream.
-            None => {
+            // Nothing to assert: a client-forged copy must not reach the upstream. Only a
+            // header the request carries is removed (Envoy must forward these headers to the
+            // check: `allowed_headers` in its ext_authz filter).
+            None if sent.contains(name) => {
                 ok.remove_header(name.as_str());
             }
+            None => {}
         }
+    }
+    if settings.strip_authorization && sent.contains("authorization") {
+        ok.remove_header("authorization");
     }
     let mut response = CheckResponse::with_status(Status::ok("allowed"));
     response.set_http_response(ok);

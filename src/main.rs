@@ -1,16 +1,19 @@
 //! The `scopegate` binary: parse the command line into a `Config`, initialise logging, run until
-//! a signal, drain.
+//! a signal, drain. The other subcommands run in `scopegate::commands`.
 
 use std::process::ExitCode;
 
-use scopegate::cli::{Cli, Command, RulesCommand, ServeArgs};
-use scopegate::rules::document;
+use scopegate::cli::{Cli, Command, ServeArgs};
+use scopegate::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Rules(RulesCommand::Validate { file }) => validate(&file),
+        Command::Rules(command) => commands::rules(command),
+        Command::Lockdown(command) => commands::lockdown(command),
+        Command::Audit(command) => commands::audit(command),
+        Command::Revocations(command) => commands::revocations(command),
     }
 }
 
@@ -40,24 +43,6 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn fail(what: &str, error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("scopegate: {what}: {error}");
     ExitCode::FAILURE
-}
-
-fn validate(file: &std::path::Path) -> ExitCode {
-    match document::load_file(file) {
-        Ok(rules) => {
-            println!("{}: ok ({})", file.display(), rules.summary());
-            for (id, issuer) in &rules.issuers {
-                for key in issuer.skipped_keys.iter().filter(|k| !k.is_expected()) {
-                    println!("{}: issuers/{id}: skipped {key}", file.display());
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

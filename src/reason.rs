@@ -55,8 +55,19 @@ pub enum Reason {
     InvalidClaims,
     /// The token, its subject or its client was revoked.
     TokenRevoked,
+    /// RFC 9449: the DPoP proof is missing, malformed, not for this request, stale or replayed.
+    InvalidDpopProof,
+    /// The token is sender-constrained (`cnf`), and the request does not prove it: wrong or no
+    /// client certificate (RFC 8705), DPoP key mismatch, a DPoP-bound token sent as `Bearer`, the
+    /// `DPoP` scheme with an unbound token, or a confirmation method scopegate does not verify.
+    BindingMismatch,
+    /// The route or the issuer sets `require_binding` and the token is not bound that way.
+    BindingRequired,
     /// The token lacks the scope the matched rule requires.
     InsufficientScope,
+    /// An incident lockdown covers the request and the token has no bypass scope (or the normal
+    /// rule does not allow it).
+    Lockdown,
     /// No rule snapshot has been loaded yet (fail closed).
     NoSnapshot,
     /// The snapshot is older than `--max-staleness` (fail closed).
@@ -91,7 +102,11 @@ impl Reason {
             | Reason::InvalidType
             | Reason::InvalidClaims
             | Reason::TokenRevoked
+            | Reason::InvalidDpopProof
+            | Reason::BindingMismatch
+            | Reason::BindingRequired
             | Reason::InsufficientScope
+            | Reason::Lockdown
             | Reason::NoSnapshot
             | Reason::SnapshotStale
             | Reason::InternalError => false,
@@ -120,6 +135,9 @@ mod tests {
         assert_eq!(Reason::InsufficientScope.as_str(), "insufficient_scope");
         assert_eq!(Reason::NoRule.as_str(), "no_rule");
         assert_eq!(Reason::DryRun.as_str(), "dry_run");
+        assert_eq!(Reason::InvalidDpopProof.as_str(), "invalid_dpop_proof");
+        assert_eq!(Reason::BindingMismatch.as_str(), "binding_mismatch");
+        assert_eq!(Reason::BindingRequired.as_str(), "binding_required");
         for (i, reason) in Reason::iter().enumerate() {
             assert_eq!(reason.index(), i);
         }

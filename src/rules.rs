@@ -3,11 +3,15 @@
 //!
 //! Key layout under the prefix (and the same mappings in a rules file):
 //! `routes/<id>`, `scopes/<scope>`, `issuers/<name>`, `revoked/jti/<jti>`, `revoked/sub/<sub>`,
-//! `revoked/client/<client_id>`.
+//! `revoked/client/<client_id>`, and the single keys `lockdown` and `settings`. Version records
+//! under `changes/` ([`CHANGES_PATH`]) are not rules: sources skip them.
 
+pub mod digest;
 pub mod document;
+pub mod lockdown;
 pub mod matcher;
 pub mod route;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,7 +21,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use lockdown::Lockdown;
 pub use route::{HostPattern, Mode, PathPattern, Requirement, Route, Segment};
+pub use settings::Settings;
 
 use crate::token::IssuerConfig;
 
@@ -30,17 +36,31 @@ pub enum EntryKind {
     RevokedJti,
     RevokedSubject,
     RevokedClient,
+    /// The single key `lockdown`: incident lockdown (tightens only).
+    Lockdown,
+    /// The single key `settings`: policy-wide settings (global dry run).
+    Settings,
+}
+
+/// Version records (`<prefix>changes/<seq>`), written by `scopegate rules apply`: never rules.
+pub const CHANGES_PATH: &str = "changes/";
+
+/// Whether a key relative to the prefix is a version record (which sources skip).
+pub fn is_change_record(relative_key: &str) -> bool {
+    relative_key.starts_with(CHANGES_PATH)
 }
 
 impl EntryKind {
     /// Every kind, in the order snapshots are built.
-    pub const ALL: [EntryKind; 6] = [
+    pub const ALL: [EntryKind; 8] = [
         EntryKind::Issuer,
         EntryKind::Route,
         EntryKind::Scope,
         EntryKind::RevokedJti,
         EntryKind::RevokedSubject,
         EntryKind::RevokedClient,
+        EntryKind::Lockdown,
+        EntryKind::Settings,
     ];
 
     /// The key path of this collection below the prefix, e.g. `revoked/jti/`.
@@ -52,14 +72,26 @@ impl EntryKind {
             EntryKind::RevokedJti => "revoked/jti/",
             EntryKind::RevokedSubject => "revoked/sub/",
             EntryKind::RevokedClient => "revoked/client/",
+            EntryKind::Lockdown => "lockdown",
+            EntryKind::Settings => "settings",
         }
+    }
+
+    /// A single key (`lockdown`, `settings`) rather than a collection of ids.
+    pub fn is_single(self) -> bool {
+        matches!(self, EntryKind::Lockdown | EntryKind::Settings)
+    }
+
+    /// The key relative to the prefix of entry `id` (a single key has the empty id).
+    pub fn key(self, id: &str) -> String {
+        format!("{}{id}", self.key_path())
     }
 
     /// Splits a key relative to the prefix (`routes/orders-read`) into kind and id.
     pub fn parse_key(relative_key: &str) -> Option<(EntryKind, &str)> {
         EntryKind::ALL.iter().find_map(|kind| {
             let id = relative_key.strip_prefix(kind.key_path())?;
-            Some((*kind, id))
+            (!kind.is_single() || id.is_empty()).then_some((*kind, id))
         })
     }
 }
@@ -70,9 +102,10 @@ impl fmt::Display for EntryKind {
     }
 }
 
-/// A rejected entry: which one, and why. `Display` gives `routes/orders: path: …`.
+/// A rejected entry: which one, and why. `Display` gives `routes/orders: path: …` (or
+/// `lockdown: …` for a single key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind}/{id}: {message}")]
+#[error("{}: {message}", kind.key(id))]
 pub struct EntryError {
     pub kind: EntryKind,
     pub id: String,
@@ -102,6 +135,21 @@ pub struct ScopeDef {
 pub struct IssuedBefore {
     /// Unix seconds; tokens whose `iat` is earlier (or absent) are revoked.
     pub issued_before: i64,
+    /// Unix seconds from which the revocation no longer applies (`None`: until deleted).
+    pub expires_at: Option<i64>,
+}
+
+/// Revocation of one token (`revoked/jti/<jti>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JtiRevocation {
+    /// Unix seconds from which the revocation no longer applies (`None`: until deleted).
+    pub expires_at: Option<i64>,
+}
+
+/// Whether a revocation with this `expires_at` still applies at `now` (unix seconds). Evaluated
+/// at check time, so it stops applying exactly then, also on mirrors that copy no leases.
+pub fn in_force(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_none_or(|at| now < at)
 }
 
 /// One validated entry.
@@ -110,9 +158,11 @@ pub enum Entry {
     Issuer(Arc<IssuerConfig>),
     Route(Arc<Route>),
     Scope(ScopeDef),
-    RevokedJti,
+    RevokedJti(JtiRevocation),
     RevokedSubject(IssuedBefore),
     RevokedClient(IssuedBefore),
+    Lockdown(Arc<Lockdown>),
+    Settings(Settings),
 }
 
 /// Where relative file paths in an entry (e.g. `jwks_file`) are resolved from.
@@ -139,21 +189,36 @@ impl Entry {
                 .map(|route| Entry::Route(Arc::new(route)))
                 .map_err(|e| err(e.to_string())),
             EntryKind::Scope => parse_scope(id, value).map(Entry::Scope).map_err(err),
-            EntryKind::RevokedJti => {
-                parse_as::<RawRevocation>(value).map_err(err)?;
-                Ok(Entry::RevokedJti)
-            }
+            EntryKind::RevokedJti => parse_as::<RawRevocation>(value)
+                .map(|raw| {
+                    Entry::RevokedJti(JtiRevocation {
+                        expires_at: raw.expires_at,
+                    })
+                })
+                .map_err(err),
             EntryKind::RevokedSubject => parse_issued_before(value)
                 .map(Entry::RevokedSubject)
                 .map_err(err),
             EntryKind::RevokedClient => parse_issued_before(value)
                 .map(Entry::RevokedClient)
                 .map_err(err),
+            EntryKind::Lockdown => Lockdown::from_json(value)
+                .map(|l| Entry::Lockdown(Arc::new(l)))
+                .map_err(err),
+            EntryKind::Settings => Settings::from_json(value)
+                .map(Entry::Settings)
+                .map_err(err),
         }
     }
 }
 
 fn validate_id(kind: EntryKind, id: &str) -> Result<(), EntryError> {
+    if kind.is_single() {
+        return match id.is_empty() {
+            true => Ok(()),
+            false => Err(EntryError::new(kind, id, "a single key has no id")),
+        };
+    }
     let bad = id.is_empty()
         || id.len() > 512
         || id.chars().any(|c| c.is_control())
@@ -169,7 +234,20 @@ fn validate_id(kind: EntryKind, id: &str) -> Result<(), EntryError> {
 }
 
 fn parse_as<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, String> {
-    T::deserialize(value).map_err(|e| e.to_string())
+    deserialize_value(value)
+}
+
+/// Deserialises a JSON value; an error names the field it is about (`require.all[1]: invalid
+/// type: …`), so an operator can find it in a large value.
+pub fn deserialize_value<T: for<'de> Deserialize<'de>>(value: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -181,6 +259,8 @@ struct RawRevocation {
     #[serde(default)]
     #[allow(dead_code)]
     exp: Option<i64>,
+    #[serde(default)]
+    expires_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -190,12 +270,15 @@ struct RawIssuedBefore {
     #[serde(default)]
     #[allow(dead_code)]
     reason: Option<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
 }
 
 fn parse_issued_before(value: &Value) -> Result<IssuedBefore, String> {
     let raw: RawIssuedBefore = parse_as(value)?;
     Ok(IssuedBefore {
         issued_before: raw.issued_before,
+        expires_at: raw.expires_at,
     })
 }
 
@@ -248,9 +331,13 @@ pub struct RuleSet {
     pub issuers: BTreeMap<String, Arc<IssuerConfig>>,
     pub routes: BTreeMap<String, Arc<Route>>,
     pub scopes: BTreeMap<String, ScopeDef>,
-    pub revoked_jti: BTreeMap<String, ()>,
+    pub revoked_jti: BTreeMap<String, JtiRevocation>,
     pub revoked_subjects: BTreeMap<String, IssuedBefore>,
     pub revoked_clients: BTreeMap<String, IssuedBefore>,
+    /// Incident lockdown, if one is set (it may have expired: see [`Lockdown::in_force`]).
+    pub lockdown: Option<Arc<Lockdown>>,
+    /// Policy-wide settings (`None`: the defaults).
+    pub settings: Option<Settings>,
 }
 
 impl RuleSet {
@@ -278,8 +365,8 @@ impl RuleSet {
             Entry::Scope(v) => {
                 self.scopes.insert(id, v);
             }
-            Entry::RevokedJti => {
-                self.revoked_jti.insert(id, ());
+            Entry::RevokedJti(v) => {
+                self.revoked_jti.insert(id, v);
             }
             Entry::RevokedSubject(v) => {
                 self.revoked_subjects.insert(id, v);
@@ -287,7 +374,32 @@ impl RuleSet {
             Entry::RevokedClient(v) => {
                 self.revoked_clients.insert(id, v);
             }
+            Entry::Lockdown(v) => self.lockdown = Some(v),
+            Entry::Settings(v) => self.settings = Some(v),
         }
+    }
+
+    /// The entry `kind/id`, if the set has it.
+    pub fn entry(&self, kind: EntryKind, id: &str) -> Option<Entry> {
+        match kind {
+            EntryKind::Issuer => self.issuers.get(id).cloned().map(Entry::Issuer),
+            EntryKind::Route => self.routes.get(id).cloned().map(Entry::Route),
+            EntryKind::Scope => self.scopes.get(id).cloned().map(Entry::Scope),
+            EntryKind::RevokedJti => self.revoked_jti.get(id).copied().map(Entry::RevokedJti),
+            EntryKind::RevokedSubject => {
+                self.revoked_subjects.get(id).copied().map(Entry::RevokedSubject)
+            }
+            EntryKind::RevokedClient => {
+                self.revoked_clients.get(id).copied().map(Entry::RevokedClient)
+            }
+            EntryKind::Lockdown => self.lockdown.clone().map(Entry::Lockdown),
+            EntryKind::Settings => self.settings.map(Entry::Settings),
+        }
+    }
+
+    /// Whether every enforce rule runs in dry run (the `settings` key says `mode: dry_run`).
+    pub fn global_dry_run(&self) -> bool {
+        self.settings.is_some_and(|s| s.mode == Mode::DryRun)
     }
 
     /// Removes one entry (an etcd delete); absent entries are fine.
@@ -299,6 +411,8 @@ impl RuleSet {
             EntryKind::RevokedJti => self.revoked_jti.remove(id).map(drop),
             EntryKind::RevokedSubject => self.revoked_subjects.remove(id).map(drop),
             EntryKind::RevokedClient => self.revoked_clients.remove(id).map(drop),
+            EntryKind::Lockdown => self.lockdown.take().map(drop),
+            EntryKind::Settings => self.settings.take().map(drop),
         };
     }
 }
@@ -321,6 +435,44 @@ mod tests {
             Some((EntryKind::Route, "r1"))
         );
         assert_eq!(EntryKind::parse_key("unknown/x"), None);
+        assert_eq!(
+            EntryKind::parse_key("lockdown"),
+            Some((EntryKind::Lockdown, ""))
+        );
+        assert_eq!(EntryKind::parse_key("lockdownx"), None);
+        assert_eq!(
+            EntryKind::parse_key("settings"),
+            Some((EntryKind::Settings, ""))
+        );
+        assert!(is_change_record("changes/00000000000000000001"));
+        assert_eq!(EntryKind::Lockdown.key(""), "lockdown");
+    }
+
+    #[test]
+    fn revocations_expire_at_their_time() {
+        let e = Entry::parse(
+            EntryKind::RevokedJti,
+            "j",
+            &json!({"reason": "leak", "expires_at": 100}),
+            CTX,
+        )
+        .unwrap();
+        let Entry::RevokedJti(r) = e else { panic!() };
+        assert_eq!(r.expires_at, Some(100));
+        assert!(in_force(r.expires_at, 99));
+        assert!(!in_force(r.expires_at, 100), "stops applying exactly at expires_at");
+        assert!(in_force(None, i64::MAX));
+        let e = Entry::parse(
+            EntryKind::RevokedSubject,
+            "s",
+            &json!({"issued_before": 5, "expires_at": 7}),
+            CTX,
+        )
+        .unwrap();
+        assert!(matches!(
+            e,
+            Entry::RevokedSubject(IssuedBefore { issued_before: 5, expires_at: Some(7) })
+        ));
     }
 
     #[test]
@@ -342,7 +494,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             e,
-            Entry::RevokedSubject(IssuedBefore { issued_before: 17 })
+            Entry::RevokedSubject(IssuedBefore {
+                issued_before: 17,
+                expires_at: None
+            })
         ));
         let err = Entry::parse(
             EntryKind::RevokedSubject,

@@ -3,11 +3,12 @@
 //! [`SnapshotStore`] swaps whole snapshots atomically, so a request never sees half a change, and
 //! remembers when the source last confirmed the snapshot current (for `--max-staleness`).
 
+pub mod audit;
 pub mod etcd;
 pub mod file;
 pub mod publish;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,20 +18,22 @@ use tokio::sync::watch;
 
 use crate::authz::scope::ScopeGraph;
 use crate::rules::matcher::RouteIndex;
-use crate::rules::RuleSet;
+use crate::rules::{IssuedBefore, RuleSet};
 use crate::token::Verifier;
 pub use publish::{Publisher, Rejection, Rejections};
 
 static VERIFIER_GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// Revoked tokens, subjects and clients.
+/// Revoked tokens, subjects and clients. Each may carry an `expires_at` (unix seconds), checked
+/// against the clock at every check ([`crate::rules::in_force`]).
 #[derive(Debug, Default)]
 pub struct Revocations {
-    pub jti: HashSet<String>,
-    /// subject → tokens issued before this unix time are revoked.
-    pub subjects: HashMap<String, i64>,
-    /// client id → tokens issued before this unix time are revoked.
-    pub clients: HashMap<String, i64>,
+    /// jti → expires_at.
+    pub jti: HashMap<String, Option<i64>>,
+    /// subject → tokens issued before `issued_before` are revoked (until `expires_at`).
+    pub subjects: HashMap<String, IssuedBefore>,
+    /// client id → tokens issued before `issued_before` are revoked (until `expires_at`).
+    pub clients: HashMap<String, IssuedBefore>,
 }
 
 /// Everything one decision reads, at one revision.
@@ -62,16 +65,20 @@ impl Snapshot {
             ),
         };
         let revocations = Revocations {
-            jti: rules.revoked_jti.keys().cloned().collect(),
+            jti: rules
+                .revoked_jti
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expires_at))
+                .collect(),
             subjects: rules
                 .revoked_subjects
                 .iter()
-                .map(|(k, v)| (k.clone(), v.issued_before))
+                .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             clients: rules
                 .revoked_clients
                 .iter()
-                .map(|(k, v)| (k.clone(), v.issued_before))
+                .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         };
         Snapshot {
@@ -99,6 +106,11 @@ pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unix seconds now (revocation and lockdown expiry are compared with it at check time).
+pub fn unix_seconds() -> i64 {
+    (unix_millis() / 1000) as i64
 }
 
 /// The current snapshot, swapped atomically, plus source health.

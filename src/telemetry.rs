@@ -90,6 +90,7 @@ pub struct Metrics {
     registry: Registry,
     pub check: CheckMetrics,
     pub source: SourceMetrics,
+    pub tls: TlsMetrics,
 }
 
 /// What the check path counts. Cheap to update: per-reason counters are created up front.
@@ -101,6 +102,8 @@ pub struct CheckMetrics {
     scope_mismatch: Family<RuleLabel, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// DPoP proofs forgotten before their iat window ended (replay cache full).
+    pub dpop_replay_evictions: Counter,
 }
 
 /// What the rule sources count.
@@ -111,6 +114,13 @@ pub struct SourceMetrics {
     pub rule_errors: Counter,
     pub watch_restarts: Counter,
     reloads: Family<ResultLabel, Counter>,
+}
+
+/// What the gRPC listener's TLS counts (certificate reloads, refused handshakes).
+#[derive(Debug)]
+pub struct TlsMetrics {
+    reloads: Family<ResultLabel, Counter>,
+    pub handshake_failures: Counter,
 }
 
 const DURATION_BUCKETS: [f64; 14] = [
@@ -132,10 +142,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let check = CheckMetrics::register(&mut registry);
         let source = SourceMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry);
         Arc::new(Metrics {
             registry,
             check,
             source,
+            tls,
         })
     }
 
@@ -210,6 +222,14 @@ impl CheckMetrics {
                 "Verified-claims cache misses",
                 Counter::default(),
             ),
+            dpop_replay_evictions: registered(
+                r,
+                "scopegate_dpop_replay_evictions",
+                "DPoP proofs forgotten by the replay cache before their iat window ended \
+                 (capacity reached: a replay of those would go unnoticed; raise \
+                 --dpop-replay-capacity)",
+                Counter::default(),
+            ),
         }
     }
 
@@ -275,6 +295,37 @@ impl SourceMetrics {
     }
 
     /// Counts a snapshot rebuild (`applied` or `rejected`).
+    pub fn record_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+impl TlsMetrics {
+    fn register(r: &mut Registry) -> TlsMetrics {
+        let reloads: Family<ResultLabel, Counter> = registered(
+            r,
+            "scopegate_tls_reloads",
+            "Listener certificate reloads by result (applied, rejected)",
+            Family::default(),
+        );
+        // Both series exist from the start, so that the first rejection is an increase.
+        for result in ["applied", "rejected"] {
+            reloads.get_or_create(&ResultLabel { result });
+        }
+        TlsMetrics {
+            reloads,
+            handshake_failures: registered(
+                r,
+                "scopegate_tls_handshake_failures",
+                "TLS handshakes on the gRPC listener that failed or timed out (e.g. no or an \
+                 untrusted client certificate)",
+                Counter::default(),
+            ),
+        }
+    }
+
+    /// Counts a certificate reload (`applied` or `rejected`).
     pub fn record_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();

@@ -2,8 +2,11 @@
 //! check `alg` against the issuer's pinned list (the token never chooses), pick the key by `kid`
 //! among keys of the matching type, verify signature, `iss`, `aud`, `exp`, `nbf` and `typ`, and
 //! return the [`Claims`] that the decision needs. `jku`, `x5u` and `jwk` headers are ignored;
-//! `crit` is refused (no extension is understood).
+//! `crit` is refused (no extension is understood). [`binding`] and [`dpop`]: sender-constrained
+//! tokens (RFC 8705, RFC 9449), checked per request after verification.
 
+pub mod binding;
+pub mod dpop;
 pub mod issuer;
 pub mod jwks;
 
@@ -14,6 +17,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header};
 use serde::Deserialize;
 
+pub use binding::{BindingError, Confirmation};
 pub use issuer::IssuerConfig;
 pub use jwks::VerificationKey;
 
@@ -45,6 +49,8 @@ pub enum TokenError {
     InvalidType(Option<String>),
     #[error("claims are invalid: {0}")]
     InvalidClaims(String),
+    #[error("binding: {0}")]
+    Binding(BindingError),
 }
 
 impl TokenError {
@@ -61,6 +67,7 @@ impl TokenError {
             TokenError::InvalidAudience => Reason::InvalidAudience,
             TokenError::InvalidType(_) => Reason::InvalidType,
             TokenError::InvalidClaims(_) => Reason::InvalidClaims,
+            TokenError::Binding(e) => e.reason(),
         }
     }
 
@@ -78,6 +85,7 @@ impl TokenError {
             TokenError::InvalidAudience => "The access token audience is not accepted",
             TokenError::InvalidType(_) => "The access token type is not accepted",
             TokenError::InvalidClaims(_) => "The access token claims are invalid",
+            TokenError::Binding(e) => e.description(),
         }
     }
 }
@@ -94,6 +102,9 @@ pub struct Claims {
     pub exp: i64,
     /// From `scope` (space-delimited) and/or `scp` (array or string), de-duplicated.
     pub scopes: Vec<String>,
+    /// `cnf` (RFC 7800): the key or certificate the token is bound to; `None` for a plain bearer
+    /// token. Enforced on every request by [`binding::enforce`].
+    pub cnf: Option<Confirmation>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +132,8 @@ struct RawClaims {
     scope: Option<String>,
     #[serde(default)]
     scp: Option<OneOrMany>,
+    #[serde(default)]
+    cnf: Option<serde_json::Value>,
 }
 
 impl Claims {
@@ -146,7 +159,14 @@ impl Claims {
                 return Err(TokenError::InvalidClaims("iat is in the future".into()));
             }
         }
+        let cnf = raw
+            .cnf
+            .as_ref()
+            .map(Confirmation::from_claim)
+            .transpose()
+            .map_err(TokenError::Binding)?;
         Ok(Claims {
+            cnf,
             scopes: granted_scopes(&raw),
             iss: raw.iss,
             sub: raw.sub,
@@ -279,7 +299,15 @@ fn verify_with_issuer(
     let mut last = TokenError::InvalidSignature;
     for key in keys {
         match jsonwebtoken::decode::<RawClaims>(token, &key.key, validation) {
-            Ok(data) => return Claims::from_raw(data.claims, issuer.leeway_seconds),
+            Ok(data) => {
+                let claims = Claims::from_raw(data.claims, issuer.leeway_seconds)?;
+                return match issuer.require_binding {
+                    Some(required) if !binding::satisfies(claims.cnf.as_ref(), required) => {
+                        Err(TokenError::Binding(BindingError::Required(required)))
+                    }
+                    _ => Ok(claims),
+                };
+            }
             Err(e) => {
                 last = map_error(e.kind());
                 if last != TokenError::InvalidSignature {

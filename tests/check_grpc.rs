@@ -75,21 +75,27 @@ async fn allowed_request_gets_identity_headers_that_overwrite_client_copies() {
 }
 
 #[tokio::test]
-async fn public_route_strips_identity_headers() {
+async fn public_route_strips_forged_identity_headers() {
     let mut s = server().await;
-    let a = s.check("GET", "anything.example", "/healthz", None).await;
-    assert_eq!(a.status, 200);
-    for h in [
+    let names = [
         "x-scopegate-subject",
         "x-scopegate-client-id",
         "x-scopegate-scopes",
-    ] {
+    ];
+    let forged: Vec<(&str, &str)> = names.iter().map(|h| (*h, "forged")).collect();
+    let request = check_request("GET", "anything.example", "/healthz", &forged);
+    let a = s.check_with(request).await;
+    assert_eq!(a.status, 200);
+    for h in names {
         assert!(
             a.removed.iter().any(|r| r == h),
             "{h} removed: {:?}",
             a.removed
         );
     }
+    // Nothing forged: no removal is asked for (tests/answer_metadata.rs has the details).
+    let a = s.check("GET", "anything.example", "/healthz", None).await;
+    assert!(a.removed.is_empty(), "{:?}", a.removed);
 }
 
 #[tokio::test]

@@ -78,10 +78,21 @@ async fn scp_elements_that_are_not_scope_tokens_are_neither_granted_nor_echoed()
 async fn dry_run_allow_of_a_failed_token_asserts_no_identity() {
     let mut s = server().await;
     // Revoked subject: allowed by the dry_run rule, but no identity reaches the upstream.
+    // The client also forged the identity headers: they must be removed, not passed on.
     let revoked = token("bad-user", "shadow:read");
-    let a = s
-        .check("GET", "api.example.com", "/shadow/x", Some(&revoked))
-        .await;
+    let auth = format!("Bearer {revoked}");
+    let forged = check_request(
+        "GET",
+        "api.example.com",
+        "/shadow/x",
+        &[
+            ("authorization", &auth),
+            ("x-scopegate-subject", "bad-user"),
+            ("x-scopegate-client-id", "test-client"),
+            ("x-scopegate-scopes", "admin"),
+        ],
+    );
+    let a = s.check_with(forged).await;
     assert_eq!(a.status, 200, "{a:?}");
     for h in [
         "x-scopegate-subject",

@@ -468,9 +468,10 @@ async fn max_staleness_fails_closed_and_recovers() {
         200,
         "public routes stay open"
     );
-    assert!(http_get(app.admin_addr, "/readyz")
-        .await
-        .contains("not ready"));
+    let (status, body) = support::server::http_get_status(app.admin_addr, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready\n"));
+    // The gRPC health service says so too, so Envoy's health check takes the replica out.
+    until_health(&app, NOT_SERVING, "stale replica reports NOT_SERVING").await;
     proxy.restore();
     until_status(
         &app,
@@ -479,6 +480,32 @@ async fn max_staleness_fails_closed_and_recovers() {
         200,
         "recovers when etcd returns",
     )
+    .await;
+    until_health(&app, SERVING, "recovered replica reports SERVING").await;
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+async fn until_health(app: &RunningApp, want: i32, what: &str) {
+    let addr = app.grpc_addr;
+    wait_until(what, Duration::from_secs(10), || async move {
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        };
+        health
+            .check(request)
+            .await
+            .is_ok_and(|r| r.into_inner().status == want)
+    })
     .await;
 }
 

@@ -37,6 +37,7 @@
 use std::fmt::Write;
 
 use crate::rules::route::is_plain_segment_byte;
+use crate::token::binding::Scheme;
 
 /// Why a request was refused as malformed (answered 400 `invalid_request`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +70,8 @@ pub enum RequestError {
     BadMethod,
     #[error("Authorization header is malformed or repeated")]
     MalformedBearer,
+    #[error("DPoP header is repeated or unreadable")]
+    MalformedDpop,
 }
 
 /// Longest raw path accepted (Envoy's default `max_request_headers_kb` is 60 KiB).
@@ -85,6 +88,9 @@ pub struct Request {
     pub method: String,
     /// Normalised path (no query), always starting with `/`, no trailing slash except root.
     pub path: String,
+    /// When the request is decided (unix seconds, read once in [`Request::new`]): revocation and
+    /// lockdown expiry are compared with it, so `decide()` itself reads no clock.
+    pub now: i64,
 }
 
 impl Request {
@@ -93,6 +99,7 @@ impl Request {
             host: normalise_host(host)?,
             method: check_method(method)?,
             path: normalise_path(raw_path)?,
+            now: crate::store::unix_seconds(),
         })
     }
 
@@ -239,19 +246,34 @@ fn check_escaped_run(run: &mut Vec<u8>) -> Result<(), RequestError> {
 }
 
 /// The bearer token in an `Authorization` header value (RFC 6750 §2.1).
-/// `Ok(None)`: no header, or another scheme (that is not a bearer credential).
+/// `Ok(None)`: no header, or another scheme (that is not a bearer credential); a malformed
+/// `DPoP` credential is an error too (see [`access_token`]).
 pub fn bearer_token(authorization: Option<&str>) -> Result<Option<&str>, RequestError> {
+    match access_token(authorization)? {
+        Some((Scheme::Bearer, token)) => Ok(Some(token)),
+        _ => Ok(None),
+    }
+}
+
+/// The access token and its scheme: `Bearer` (RFC 6750 §2.1) or `DPoP` (RFC 9449 §7.1, the
+/// same token68 syntax), scheme names compared case-insensitively. `Ok(None)`: no header, or
+/// another scheme (that is not an access-token credential).
+pub fn access_token(authorization: Option<&str>) -> Result<Option<(Scheme, &str)>, RequestError> {
     let Some(value) = authorization else {
         return Ok(None);
     };
     let value = value.trim_matches(' ');
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Ok(None);
-    }
+    };
     let token = rest.trim_start_matches(' ');
     if is_b64token(token) {
-        Ok(Some(token))
+        Ok(Some((scheme, token)))
     } else {
         Err(RequestError::MalformedBearer)
     }
@@ -486,6 +508,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn dpop_scheme_parsing() {
+        assert_eq!(
+            access_token(Some("DPoP abc.def.ghi")),
+            Ok(Some((Scheme::Dpop, "abc.def.ghi")))
+        );
+        assert_eq!(access_token(Some("dpop abc")), Ok(Some((Scheme::Dpop, "abc"))));
+        assert_eq!(access_token(Some("Bearer abc")), Ok(Some((Scheme::Bearer, "abc"))));
+        // A DPoP credential is not a bearer credential.
+        assert_eq!(bearer_token(Some("DPoP abc")), Ok(None));
+        for bad in ["DPoP", "DPoP a b", "DPoP a,DPoP b"] {
+            assert_eq!(
+                access_token(Some(bad)),
+                Err(RequestError::MalformedBearer),
+                "{bad}"
+            );
+        }
+        assert_eq!(access_token(Some("DPoPx abc")), Ok(None));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The rules-file document: the etcd prefix written as one YAML or JSON document, with top-level
 //! mappings `issuers`, `routes`, `scopes` and `revoked` (`jti`, `sub`, `client`), each from id to
-//! the value an etcd key would hold. A document is validated whole: every error is reported.
+//! the value an etcd key would hold, and `settings` (the value of the single key). A document is
+//! validated whole: every error is reported. [`render`] writes entries back in the same shape
+//! (what `scopegate rules get` prints), so a document round-trips.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Entry, EntryError, EntryKind, ParseContext, RuleSet};
@@ -28,28 +30,109 @@ pub enum DocumentError {
     },
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawDocument {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     issuers: BTreeMap<String, Value>,
-    #[serde(default)]
-    routes: BTreeMap<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     scopes: BTreeMap<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    routes: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "RawRevoked::is_empty")]
     revoked: RawRevoked,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRevoked {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     jti: BTreeMap<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     sub: BTreeMap<String, Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     client: BTreeMap<String, Value>,
+}
+
+impl RawRevoked {
+    fn is_empty(&self) -> bool {
+        self.jti.is_empty() && self.sub.is_empty() && self.client.is_empty()
+    }
+}
+
+/// A document's entries as etcd would hold them: key relative to the prefix → JSON value.
+pub type Entries = BTreeMap<String, Value>;
+
+/// The output format of [`render`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl RawDocument {
+    fn into_entries(self) -> Entries {
+        let mut entries = Entries::new();
+        let collections = [
+            (EntryKind::Issuer, self.issuers),
+            (EntryKind::Route, self.routes),
+            (EntryKind::Scope, self.scopes),
+            (EntryKind::RevokedJti, self.revoked.jti),
+            (EntryKind::RevokedSubject, self.revoked.sub),
+            (EntryKind::RevokedClient, self.revoked.client),
+        ];
+        for (kind, values) in collections {
+            for (id, value) in values {
+                entries.insert(kind.key(&id), value);
+            }
+        }
+        if let Some(settings) = self.settings {
+            entries.insert(EntryKind::Settings.key(""), settings);
+        }
+        entries
+    }
+
+    /// Places an entry in its section; `false` for keys a document cannot hold (`lockdown`,
+    /// unknown keys).
+    fn place(&mut self, key: &str, value: Value) -> bool {
+        let Some((kind, id)) = EntryKind::parse_key(key) else {
+            return false;
+        };
+        let section = match kind {
+            EntryKind::Issuer => &mut self.issuers,
+            EntryKind::Route => &mut self.routes,
+            EntryKind::Scope => &mut self.scopes,
+            EntryKind::RevokedJti => &mut self.revoked.jti,
+            EntryKind::RevokedSubject => &mut self.revoked.sub,
+            EntryKind::RevokedClient => &mut self.revoked.client,
+            EntryKind::Settings => {
+                self.settings = Some(value);
+                return true;
+            }
+            EntryKind::Lockdown => return false,
+        };
+        section.insert(id.to_string(), value);
+        true
+    }
+}
+
+/// Writes entries as a rules document. Returns the text and the keys it could not hold
+/// (`lockdown`, which `scopegate lockdown` manages, and unknown keys).
+pub fn render(entries: &Entries, format: Format) -> Result<(String, Vec<String>), String> {
+    let mut document = RawDocument::default();
+    let mut skipped = Vec::new();
+    for (key, value) in entries {
+        if !document.place(key, value.clone()) {
+            skipped.push(key.clone());
+        }
+    }
+    let text = match format {
+        Format::Yaml => serde_yaml_ng::to_string(&document).map_err(|e| e.to_string())?,
+        Format::Json => serde_json::to_string_pretty(&document).map_err(|e| e.to_string())? + "\n",
+    };
+    Ok((text, skipped))
 }
 
 /// Reads and validates a rules file. Relative paths inside it resolve against its directory.
@@ -63,6 +146,11 @@ pub fn load_file(path: &Path) -> Result<RuleSet, DocumentError> {
 
 /// Validates document text; `path` names it in errors and anchors relative file paths.
 pub fn parse_document(text: &str, path: &Path) -> Result<RuleSet, DocumentError> {
+    validate(&read_entries(text, path)?, path)
+}
+
+/// Reads document text into its entries without validating them (syntax errors only).
+pub fn read_entries(text: &str, path: &Path) -> Result<Entries, DocumentError> {
     let name = path.display().to_string();
     let is_json = path
         .extension()
@@ -80,31 +168,33 @@ pub fn parse_document(text: &str, path: &Path) -> Result<RuleSet, DocumentError>
             message: e.to_string(),
         })?
     };
+    Ok(raw.into_entries())
+}
+
+/// Validates entries as the document at `path` (relative file paths resolve against its
+/// directory): every bad entry is reported.
+pub fn validate(entries: &Entries, path: &Path) -> Result<RuleSet, DocumentError> {
     let ctx = ParseContext {
         base_dir: path.parent(),
     };
     let mut set = RuleSet::default();
     let mut errors = Vec::new();
-    let collections = [
-        (EntryKind::Issuer, &raw.issuers),
-        (EntryKind::Route, &raw.routes),
-        (EntryKind::Scope, &raw.scopes),
-        (EntryKind::RevokedJti, &raw.revoked.jti),
-        (EntryKind::RevokedSubject, &raw.revoked.sub),
-        (EntryKind::RevokedClient, &raw.revoked.client),
-    ];
-    for (kind, entries) in collections {
-        for (id, value) in entries {
-            match Entry::parse(kind, id, value, ctx) {
-                Ok(entry) => set.insert(id, entry),
-                Err(e) => errors.push(e),
-            }
+    for (key, value) in entries {
+        let Some((kind, id)) = EntryKind::parse_key(key) else {
+            continue; // documents only produce known keys
+        };
+        match Entry::parse(kind, id, value, ctx) {
+            Ok(entry) => set.insert(id, entry),
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
         Ok(set)
     } else {
-        Err(DocumentError::Entries { path: name, errors })
+        Err(DocumentError::Entries {
+            path: path.display().to_string(),
+            errors,
+        })
     }
 }
 
@@ -168,5 +258,31 @@ routes:
             .unwrap()
             .routes
             .is_empty());
+    }
+
+    #[test]
+    fn rendered_entries_read_back_the_same() {
+        let text = r#"
+settings: {mode: dry_run}
+routes:
+  orders: {host: api.example.com, path: "/orders/{id}", require: {all: [orders:read]}}
+scopes:
+  api/orders:write: {implies: [orders:read]}
+revoked:
+  sub: {alice: {issued_before: 1764000000, expires_at: 1765000000}}
+"#;
+        let entries = read_entries(text, Path::new("r.yaml")).unwrap();
+        assert!(entries.contains_key("scopes/api/orders:write"));
+        assert!(entries.contains_key("settings"));
+        let set = validate(&entries, Path::new("r.yaml")).unwrap();
+        assert!(set.global_dry_run());
+        let mut with_lockdown = entries.clone();
+        with_lockdown.insert("lockdown".into(), serde_json::json!({"reason": "x"}));
+        for format in [Format::Yaml, Format::Json] {
+            let (out, skipped) = render(&with_lockdown, format).unwrap();
+            assert_eq!(skipped, ["lockdown"]);
+            let name = if format == Format::Json { "r.json" } else { "r.yaml" };
+            assert_eq!(read_entries(&out, Path::new(name)).unwrap(), entries, "{out}");
+        }
     }
 }

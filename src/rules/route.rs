@@ -1,5 +1,6 @@
-//! A route rule: host pattern, path pattern, methods, scope requirement and mode, validated from
-//! its JSON form. Specificity (which of several matching rules wins) is defined here too.
+//! A route rule: host pattern, path pattern, methods, scope requirement, required token binding
+//! and mode, validated from its JSON form. Specificity (which of several matching rules wins) is
+//! defined here too.
 
 use std::cmp::Ordering;
 
@@ -17,12 +18,14 @@ pub enum RouteError {
     Host(String, &'static str),
     #[error("path {0:?}: {1}")]
     Path(String, &'static str),
-    #[error("method {0:?} is not an HTTP method token")]
+    #[error("methods: {0:?} is not an HTTP method token")]
     Method(String),
     #[error("require: {0}")]
     Require(String),
     #[error("mode {0:?}: expected \"enforce\" or \"dry_run\"")]
     Mode(String),
+    #[error("require_binding {0:?}: expected \"dpop\", \"mtls\" or \"any\"")]
+    Binding(String),
 }
 
 /// Which hosts a route applies to. Hosts are compared lower-case, without port.
@@ -204,6 +207,39 @@ pub enum Mode {
     DryRun,
 }
 
+/// Which sender constraint a token must carry (`require_binding` on an issuer or a route): a
+/// route or issuer that sets it refuses plain bearer tokens. A binding that a token carries is
+/// enforced whether or not this is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindingRequirement {
+    /// RFC 9449: bound to a DPoP key (`cnf.jkt`).
+    Dpop,
+    /// RFC 8705: bound to a client certificate (`cnf["x5t#S256"]`).
+    Mtls,
+    /// Either of them.
+    Any,
+}
+
+impl BindingRequirement {
+    /// `"dpop"`, `"mtls"` or `"any"`; `None` for anything else.
+    pub fn parse(raw: &str) -> Option<BindingRequirement> {
+        match raw {
+            "dpop" => Some(BindingRequirement::Dpop),
+            "mtls" => Some(BindingRequirement::Mtls),
+            "any" => Some(BindingRequirement::Any),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingRequirement::Dpop => "dpop",
+            BindingRequirement::Mtls => "mtls",
+            BindingRequirement::Any => "any",
+        }
+    }
+}
+
 /// A validated route rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -213,6 +249,8 @@ pub struct Route {
     /// `None`: any method. Upper-case tokens otherwise.
     pub methods: Option<Vec<String>>,
     pub require: Requirement,
+    /// The token must be sender-constrained this way (`None`: plain bearer tokens are fine).
+    pub require_binding: Option<BindingRequirement>,
     pub mode: Mode,
 }
 
@@ -224,6 +262,8 @@ struct RawRoute {
     #[serde(default)]
     methods: Option<Vec<String>>,
     require: RawRequire,
+    #[serde(default)]
+    require_binding: Option<String>,
     #[serde(default)]
     mode: Option<String>,
     #[serde(default)]
@@ -244,13 +284,17 @@ struct RawRequire {
 
 impl Route {
     pub fn from_json(id: &str, value: &Value) -> Result<Route, RouteError> {
-        let raw = RawRoute::deserialize(value).map_err(|e| RouteError::Shape(e.to_string()))?;
+        let raw: RawRoute = super::deserialize_value(value).map_err(RouteError::Shape)?;
         Ok(Route {
             id: id.to_string(),
             host: HostPattern::parse(&raw.host)?,
             path: PathPattern::parse(&raw.path)?,
             methods: raw.methods.map(parse_methods).transpose()?,
             require: parse_require(raw.require)?,
+            require_binding: raw
+                .require_binding
+                .map(|b| BindingRequirement::parse(&b).ok_or(RouteError::Binding(b)))
+                .transpose()?,
             mode: parse_mode(raw.mode.as_deref())?,
         })
     }
@@ -338,6 +382,30 @@ mod tests {
         );
         assert_eq!(r.methods, Some(vec!["GET".to_string()]));
         assert_eq!(r.mode, Mode::DryRun);
+    }
+
+    #[test]
+    fn require_binding_is_dpop_mtls_or_any() {
+        let with = |b: Value| {
+            route(json!({"host":"*","path":"/","require":{"all":["a"]},"require_binding":b}))
+        };
+        assert_eq!(
+            with(json!("dpop")).unwrap().require_binding,
+            Some(BindingRequirement::Dpop)
+        );
+        assert_eq!(
+            with(json!("mtls")).unwrap().require_binding,
+            Some(BindingRequirement::Mtls)
+        );
+        assert_eq!(
+            with(json!("any")).unwrap().require_binding,
+            Some(BindingRequirement::Any)
+        );
+        for bad in [json!("DPoP"), json!("bearer"), json!(""), json!(true)] {
+            assert!(with(bad.clone()).is_err(), "{bad}");
+        }
+        let plain = route(json!({"host":"*","path":"/","require":{"all":["a"]}})).unwrap();
+        assert_eq!(plain.require_binding, None);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! last good version of that key stays in force. On any error: reconnect with backoff and resume
 //! from the last applied revision + 1; if that revision was compacted, reload the whole prefix.
 //! Periodic progress requests confirm the snapshot is current (for `--max-staleness`).
+//! Version records (`changes/`) are not rules: they only feed the audit line written for every
+//! applied revision ([`super::audit`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +17,10 @@ use etcd_client::{
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+use super::audit::AuditBook;
 use super::publish::Publisher;
 use super::SnapshotStore;
-use crate::rules::{Entry, EntryKind, ParseContext, RuleSet};
+use crate::rules::{is_change_record, Entry, EntryKind, ParseContext, RuleSet};
 use crate::telemetry::Metrics;
 
 /// Why an etcd session ended.
@@ -84,7 +87,12 @@ impl EtcdSettings {
         }
     }
 
-    fn connect_options(&self) -> ConnectOptions {
+    /// A client for these settings (all endpoints), for the `rules`/`lockdown` commands.
+    pub async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        Client::connect(&self.endpoints, Some(self.connect_options())).await
+    }
+
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_keep_alive(Duration::from_secs(5), self.timeout)
@@ -180,6 +188,8 @@ pub struct EtcdSource {
     revision: i64,
     /// Set when the watch found its start revision compacted.
     needs_reload: bool,
+    /// Value digests in force, for the audit line of each applied revision.
+    audit: AuditBook,
 }
 
 impl EtcdSource {
@@ -190,6 +200,7 @@ impl EtcdSource {
             rules: RuleSet::default(),
             revision: 0,
             needs_reload: true,
+            audit: AuditBook::default(),
         }
     }
 
@@ -291,12 +302,14 @@ impl EtcdSource {
         }
         let previous = std::mem::take(&mut self.rules);
         self.book.accept_all();
+        self.audit.begin_load();
         for kv in response.kvs() {
             self.put(kv, revision, Some(&previous));
         }
         self.revision = revision;
         self.needs_reload = false;
         self.publish();
+        self.audit.emit(revision);
         tracing::info!(
             revision,
             keys = response.kvs().len(),
@@ -335,23 +348,35 @@ impl EtcdSource {
         }
         self.revision = revision;
         self.publish();
+        self.audit.emit(revision);
         Ok(None)
     }
 
     fn relative_key<'k>(&self, kv: &'k KeyValue) -> Option<(EntryKind, &'k str)> {
+        EntryKind::parse_key(self.relative(kv)?)
+    }
+
+    fn relative<'k>(&self, kv: &'k KeyValue) -> Option<&'k str> {
         let key = std::str::from_utf8(kv.key()).ok()?;
-        EntryKind::parse_key(key.strip_prefix(self.settings.prefix.as_str())?)
+        key.strip_prefix(self.settings.prefix.as_str())
     }
 
     /// Validates one value; a bad one leaves the last good version (from `self.rules`, or from
     /// `fallback` during a reload) in force.
     fn put(&mut self, kv: &KeyValue, revision: i64, fallback: Option<&RuleSet>) {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if let Some(relative) = self.relative(kv) {
+            self.audit.put(relative, kv.value());
+            if is_change_record(relative) {
+                return; // a version record: audited, never a rule
+            }
+        }
         let Some((kind, id)) = self.relative_key(kv) else {
             self.reject(
                 &key,
                 revision,
-                "unknown key (expected routes/, scopes/, issuers/ or revoked/{jti,sub,client}/)",
+                "unknown key (expected routes/, scopes/, issuers/, revoked/{jti,sub,client}/, \
+                 lockdown, settings or changes/)",
             );
             return;
         };
@@ -376,6 +401,9 @@ impl EtcdSource {
     }
 
     fn delete(&mut self, kv: &KeyValue) {
+        if let Some(relative) = self.relative(kv) {
+            self.audit.delete(relative);
+        }
         if let Some((kind, id)) = self.relative_key(kv) {
             self.rules.remove(kind, id);
         }
@@ -393,23 +421,7 @@ impl EtcdSource {
 
 /// Copies the entry `kind/id` from `from` into `to`, if it exists there.
 fn carry_over(from: &RuleSet, to: &mut RuleSet, kind: EntryKind, id: &str) {
-    let entry = match kind {
-        EntryKind::Issuer => from.issuers.get(id).cloned().map(Entry::Issuer),
-        EntryKind::Route => from.routes.get(id).cloned().map(Entry::Route),
-        EntryKind::Scope => from.scopes.get(id).cloned().map(Entry::Scope),
-        EntryKind::RevokedJti => from.revoked_jti.get(id).map(|_| Entry::RevokedJti),
-        EntryKind::RevokedSubject => from
-            .revoked_subjects
-            .get(id)
-            .copied()
-            .map(Entry::RevokedSubject),
-        EntryKind::RevokedClient => from
-            .revoked_clients
-            .get(id)
-            .copied()
-            .map(Entry::RevokedClient),
-    };
-    if let Some(entry) = entry {
+    if let Some(entry) = from.entry(kind, id) {
         to.insert(id, entry);
     }
 }

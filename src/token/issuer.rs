@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::binding::BindingRequirement;
 use super::jwks::{self, JwksKeys, KeyError, SkippedKey, VerificationKey};
 
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
@@ -40,6 +41,8 @@ pub struct IssuerConfig {
     pub skipped_keys: Vec<SkippedKey>,
     pub require_typ: Option<String>,
     pub leeway_seconds: u64,
+    /// Every token of this issuer must be sender-constrained this way (`require_binding`).
+    pub require_binding: Option<BindingRequirement>,
     /// Prebuilt validation (iss, aud, exp, nbf, leeway) for each pinned algorithm (one
     /// algorithm each: `jsonwebtoken` refuses a list that mixes key families).
     validations: Vec<(Algorithm, Validation)>,
@@ -61,6 +64,8 @@ struct RawIssuer {
     require_typ: Option<String>,
     #[serde(default)]
     leeway_seconds: Option<u64>,
+    #[serde(default)]
+    require_binding: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
@@ -105,6 +110,7 @@ impl IssuerConfig {
         if leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(IssuerError::Invalid("leeway_seconds must be at most 300"));
         }
+        let require_binding = parse_binding(raw.require_binding.as_deref())?;
         let validations = algorithms
             .iter()
             .map(|alg| (*alg, build_validation(&raw, *alg, leeway_seconds)))
@@ -118,6 +124,7 @@ impl IssuerConfig {
             skipped_keys,
             require_typ: raw.require_typ,
             leeway_seconds,
+            require_binding,
             validations,
         })
     }
@@ -153,6 +160,15 @@ fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, IssuerError> {
         ));
     }
     Ok(algorithms)
+}
+
+fn parse_binding(raw: Option<&str>) -> Result<Option<BindingRequirement>, IssuerError> {
+    raw.map(|b| {
+        BindingRequirement::parse(b).ok_or(IssuerError::Invalid(
+            "require_binding must be \"dpop\", \"mtls\" or \"any\"",
+        ))
+    })
+    .transpose()
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
@@ -245,6 +261,7 @@ mod tests {
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"missing.json"}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_uri":"https://x"}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","leeway_seconds":9999}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","require_binding":"bearer"}),
         ];
         for case in cases {
             assert!(

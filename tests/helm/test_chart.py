@@ -7,9 +7,10 @@ the chart and the CLI cannot drift apart.
 
     .venv/bin/python -m pytest tests/helm -q
 
-Needs: .venv with helm-python-sdk, kubernetes-validate and pytest; for the last tests a built
-scopegate binary (`cargo build --bin scopegate`, or SCOPEGATE_BIN=path), and etcd, etcdctl
-(Debian etcd-server, etcd-client) and openssl. A missing tool fails the test, with how to get it.
+Needs: .venv with helm-python-sdk, kubernetes-validate and pytest; promtool (Debian prometheus)
+for the alert rules and dashboard queries; for the last tests a built scopegate binary
+(`cargo build --bin scopegate`, or SCOPEGATE_BIN=path), and etcd, etcdctl (Debian etcd-server,
+etcd-client) and openssl. A missing tool fails the test, with how to get it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ RELEASE = "scopegate"
 NAMESPACE = "auth"
 # The chart's minimum (Chart.yaml kubeVersion) and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+# Custom resources (Prometheus Operator, cert-manager): not in the Kubernetes schemas.
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
+IMAGE = "localhost/scopegate"  # what scripts/build-image.sh builds
 
 ETCD_VALUES = {
     "etcd": {
@@ -126,7 +131,7 @@ def validate_all(docs, version):
     """Validates every core manifest against the Kubernetes schemas (strict)."""
     checked = []
     for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        if doc["apiVersion"].startswith(CRD_GROUPS):
             continue  # a CRD: not in the Kubernetes schemas, checked structurally below
         kubernetes_validate.validate(doc, version, strict=True)
         checked.append(doc["kind"])
@@ -155,11 +160,14 @@ def test_chart_metadata(chart):
     # Native gRPC probes and the preStop sleep action need Kubernetes 1.30 (validated below).
     assert meta["kubeVersion"] == ">=1.30.0-0"
     assert chart.schema is not None, "values.schema.json must ship with the chart"
-    assert chart.values["image"]["repository"] == "ghcr.io/scopegate/scopegate"
+    assert chart.values["image"]["repository"] == IMAGE
     assert chart.values["replicas"] == 2
 
 
-@pytest.mark.parametrize("values_file", [None, "rules-values.yaml", "etcd-values.yaml"])
+CI_VALUES = ["rules-values.yaml", "etcd-values.yaml", "ha-values.yaml", "locked-down-values.yaml"]
+
+
+@pytest.mark.parametrize("values_file", [None, *CI_VALUES])
 def test_lint_strict_passes(values_file):
     values = load_ci_values(values_file) if values_file else None
     report = helm.lint(CHART_DIR, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
@@ -196,7 +204,7 @@ def test_default_render_validates_strictly(chart, version):
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
-@pytest.mark.parametrize("values_file", ["rules-values.yaml", "etcd-values.yaml"])
+@pytest.mark.parametrize("values_file", CI_VALUES)
 def test_example_values_render_validates_strictly(chart, values_file, version):
     docs = objects(chart, load_ci_values(values_file))
     assert "Deployment" in validate_all(docs, version)
@@ -220,7 +228,7 @@ def test_deployment_defaults(chart):
     deploy = only(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
     c = container(docs)
-    assert c["image"] == "ghcr.io/scopegate/scopegate:0.1.0"  # tag defaults to appVersion
+    assert c["image"] == f"{IMAGE}:0.1.0"  # tag defaults to appVersion
     assert c["args"][0] == "serve"
     args = c["args"]
     assert args[args.index("--listen") + 1] == "0.0.0.0:9191"
@@ -247,7 +255,7 @@ def test_deployment_defaults(chart):
 
 def test_image_tag_and_digest(chart):
     c = container(objects(chart, {"image": {"tag": "1.2.3"}}))
-    assert c["image"] == "ghcr.io/scopegate/scopegate:1.2.3"
+    assert c["image"] == f"{IMAGE}:1.2.3"
     digest = "sha256:" + "ab" * 32
     c = container(objects(chart, {"image": {"repository": "registry.local/sg", "digest": digest}}))
     assert c["image"] == f"registry.local/sg@{digest}"
@@ -712,16 +720,19 @@ def http_get(url):
 class Pod:
     """Runs the rendered container locally: /etc/scopegate becomes a temp dir, 0.0.0.0 loopback."""
 
-    def __init__(self, docs, tmp_path, files=None):
+    def __init__(self, docs, tmp_path, files=None, tls_files=None):
         c = container(docs)
         self.grpc, self.admin = free_port(), free_port()
         root = tmp_path / "etc-scopegate"
-        root.mkdir()
-        for name, content in (files or {}).items():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_text(content)
+        tls_root = tmp_path / "etc-scopegate-tls"
+        for base, contents in ((root, files), (tls_root, tls_files)):
+            base.mkdir()
+            for name, content in (contents or {}).items():
+                (base / name).parent.mkdir(parents=True, exist_ok=True)
+                (base / name).write_text(content)
 
         def local(value):
+            value = value.replace("/etc/scopegate-tls", str(tls_root))
             value = value.replace("/etc/scopegate", str(root))
             value = value.replace("0.0.0.0:9191", f"127.0.0.1:{self.grpc}")
             return value.replace("0.0.0.0:9192", f"127.0.0.1:{self.admin}")
@@ -940,3 +951,441 @@ def test_binary_with_real_etcd_over_mutual_tls_and_password_auth(chart, tmp_path
             assert pod.stop(timeout=15) == 0, pod.log.read_text()
         server.terminate()
         server.wait(timeout=15)
+
+
+# ---------------------------------------------------------------------------------------------
+# high availability: HPA, PodDisruptionBudget, spread, priority
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_ha_values_render_hpa_pdb_and_spread(chart, version):
+    docs = objects(chart, load_ci_values("ha-values.yaml"))
+    checked = validate_all(docs, version)
+    assert sorted(checked) == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    deploy = only(docs, "Deployment")
+    assert "replicas" not in deploy["spec"], "the HPA owns the replica count"
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    hpa = only(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deploy["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    (cpu,) = hpa["spec"]["metrics"]
+    assert cpu["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600}}
+    pdb = only(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 2 and pdb["spec"]["selector"]["matchLabels"] == selector
+    spec = deploy["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "platform-critical"
+    zone, host = spec["topologySpreadConstraints"]
+    assert (zone["topologyKey"], zone["whenUnsatisfiable"]) == ("topology.kubernetes.io/zone", "DoNotSchedule")
+    assert (host["topologyKey"], host["whenUnsatisfiable"]) == ("kubernetes.io/hostname", "ScheduleAnyway")
+    assert zone["labelSelector"]["matchLabels"] == host["labelSelector"]["matchLabels"] == selector
+
+
+def test_autoscaling_memory_target_and_pdb_from_min_replicas(chart):
+    values = {"autoscaling": {"enabled": True, "minReplicas": 1, "targetMemoryUtilizationPercentage": 80}, "replicas": 5}
+    docs = objects(chart, values)
+    assert "PodDisruptionBudget" not in kinds(docs), "one pod at minimum: a PDB would block every drain"
+    metrics = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in only(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]}
+    assert metrics == {"cpu": 70, "memory": 80}
+    assert "HorizontalPodAutoscaler" not in kinds(objects(chart))
+    assert only(objects(chart), "Deployment")["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}, "maxReplicas"),
+        ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "needs a target"),
+        ({"autoscaling": {"enabled": True}, "resources": {"requests": None}}, "resources.requests.cpu"),
+        ({"networkPolicy": {"enabled": True}}, "grpcFrom"),
+        ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"tls": {"enabled": True, "source": "certManager"}}, "issuerRef.name"),
+        ({"tls": {"clientAuth": {"enabled": True}}}, "needs tls.enabled"),
+    ],
+)
+def test_inconsistent_deployment_settings_fail(chart, values, message):
+    with pytest.raises(helm.HelmError) as err:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"tls": {"enable": True}},
+        {"tls": {"source": "vault"}},
+        {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}},
+        {"tls": {"reloadInterval": "often"}},
+        {"autoscaling": {"maxReplica": 3}},
+        {"autoscaling": {"minReplicas": 0}},
+        {"networkPolicy": {"grpcFrom": [{"namespaceSelectr": {}}]}},
+        {"networkPolicy": {"grpcFrom": [{}]}},
+        {"metrics": {"prometheusRule": {"denyRatio": 2}}},
+        {"metrics": {"prometheusRule": {"for": "ten minutes"}}},
+        {"metrics": {"grafanaDashboard": {"label": {}}}},
+        {"config": {"stripAuthorization": "yes"}},
+        {"priorityClassName": "Platform_Critical"},
+        {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "Sometimes"}]},
+    ],
+    ids=lambda v: json.dumps(v, separators=(",", ":")),
+)
+def test_bad_new_values_fail_to_render(chart, values):
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# ---------------------------------------------------------------------------------------------
+# locked down: NetworkPolicy + listener TLS (cert-manager or a Secret)
+
+
+def locked_down():
+    return load_ci_values("locked-down-values.yaml")
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_locked_down_values_render_validates_strictly(chart, version):
+    docs = objects(chart, locked_down())
+    checked = validate_all(docs, version)
+    assert sorted(checked) == ["ConfigMap", "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    assert sorted(d["kind"] for d in docs if d["apiVersion"].startswith(CRD_GROUPS)) == ["Certificate", "PrometheusRule", "ServiceMonitor"]
+
+
+def test_network_policy_admits_only_envoy_to_grpc_and_monitoring_to_admin(chart):
+    values = locked_down()
+    docs = objects(chart, values)
+    policy = only(docs, "NetworkPolicy")
+    deploy = only(docs, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    grpc, admin = policy["spec"]["ingress"]
+    assert grpc["from"] == values["networkPolicy"]["grpcFrom"]
+    assert grpc["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert admin["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert admin["ports"] == [{"port": "http-admin", "protocol": "TCP"}]
+    # The named ports exist on the container.
+    names = {p["name"] for p in container(docs)["ports"]}
+    assert {"grpc", "http-admin"} <= names
+    extra = {"ports": [{"port": 9192, "protocol": "TCP"}], "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}
+    values["networkPolicy"]["extraIngress"] = [extra]
+    policy = only(objects(chart, values), "NetworkPolicy")
+    assert policy["spec"]["ingress"][-1] == extra
+
+
+def test_cert_manager_certificate_feeds_the_listener(chart):
+    docs = objects(chart, locked_down())
+    cert = only(docs, "Certificate")
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    spec = cert["spec"]
+    assert spec["issuerRef"] == {"name": "platform-internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert f"scopegate.{NAMESPACE}.svc" in spec["dnsNames"]
+    assert f"scopegate.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+    assert spec["usages"] == ["server auth", "digital signature"]
+    assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+    c = container(docs)
+    env, mounts, volumes = env_values(c), mounts_of(c), volumes_of(docs)
+    tls = volumes["listener-tls"]["secret"]
+    assert tls["secretName"] == spec["secretName"]
+    assert tls["defaultMode"] == 0o440
+    assert {i["key"]: i["path"] for i in tls["items"]} == {"tls.crt": "tls.crt", "tls.key": "tls.key", "ca.crt": "ca.crt"}
+    mount = mounts["listener-tls"]
+    assert mount["readOnly"] is True and "subPath" not in mount, "subPath mounts never see renewals"
+    base = mount["mountPath"]
+    assert env["SCOPEGATE_TLS_CERT_FILE"] == f"{base}/tls.crt"
+    assert env["SCOPEGATE_TLS_KEY_FILE"] == f"{base}/tls.key"
+    assert env["SCOPEGATE_TLS_CLIENT_CA_FILE"] == f"{base}/ca.crt"
+    assert env["SCOPEGATE_TLS_RELOAD_INTERVAL"] == "10s"
+    assert env["SCOPEGATE_STRIP_AUTHORIZATION"] == "true"
+    # Not under /etc/scopegate, where the rules ConfigMap is mounted.
+    assert not base.startswith("/etc/scopegate/")
+    # The kubelet's gRPC probe cannot speak TLS: the admin port's equivalent is probed instead.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz/serving", "port": "http-admin"}
+    ports = {p["name"]: p for p in only(docs, "Service")["spec"]["ports"]}
+    assert ports["grpc"]["appProtocol"] == "tls"
+    assert ports["http-admin"]["appProtocol"] == "http"
+
+
+def test_tls_from_an_existing_secret_with_a_separate_client_ca(chart):
+    values = {"tls": {"enabled": True, "existingSecret": "scopegate-tls", "clientAuth": {"enabled": True, "existingSecret": "envoy-ca", "caKey": "bundle.pem"}}}
+    docs = objects(chart, values)
+    validate_all(docs, KUBE_VERSIONS[-1])
+    assert "Certificate" not in kinds(docs)
+    c = container(docs)
+    volumes, mounts, env = volumes_of(docs), mounts_of(c), env_values(c)
+    assert volumes["listener-tls"]["secret"]["secretName"] == "scopegate-tls"
+    assert [i["key"] for i in volumes["listener-tls"]["secret"]["items"]] == ["tls.crt", "tls.key"]
+    assert volumes["listener-client-ca"]["secret"] == {"secretName": "envoy-ca", "defaultMode": 0o440, "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+    assert env["SCOPEGATE_TLS_CLIENT_CA_FILE"] == mounts["listener-client-ca"]["mountPath"] + "/ca.crt"
+    # Server-only TLS: no client CA at all.
+    docs = objects(chart, {"tls": {"enabled": True, "existingSecret": "scopegate-tls"}})
+    env = env_values(container(docs))
+    assert "SCOPEGATE_TLS_CLIENT_CA_FILE" not in env and "SCOPEGATE_TLS_CERT_FILE" in env
+    assert "listener-client-ca" not in volumes_of(docs)
+    # Off by default: plain text, native gRPC probe, appProtocol grpc.
+    docs = objects(chart)
+    assert not any(k.startswith("SCOPEGATE_TLS_") for k in env_values(container(docs)))
+    assert "grpc" in container(docs)["readinessProbe"]
+    assert {p["name"]: p for p in only(docs, "Service")["spec"]["ports"]}["grpc"]["appProtocol"] == "grpc"
+
+
+def test_notes_explain_tls(chart):
+    _, notes = render(chart, locked_down())
+    assert "over TLS, client certificate required" in notes
+    assert "envoy-mtls.yaml" in notes and "scopegate-tls" in notes
+    assert "NetworkPolicy scopegate" in notes
+
+
+# ---------------------------------------------------------------------------------------------
+# alerts (PrometheusRule) and the Grafana dashboard
+
+PROMTOOL_HINT = "run `scripts/setup.sh --test` (installs it), or `apt-get install prometheus` (promtool)"
+ALERTS = {
+    "ScopegateSnapshotStale",
+    "ScopegateFailingClosed",
+    "ScopegateRuleErrors",
+    "ScopegateWatchRestartsClimbing",
+    "ScopegateDenyRateSpike",
+    "ScopegateCheckLatencyHigh",
+    "ScopegateTlsReloadRejected",
+}
+
+
+def prometheus_rule(chart, values=None):
+    values = merged({"metrics": {"prometheusRule": {"enabled": True}}}, values or {})
+    return only(objects(chart, values), "PrometheusRule")
+
+
+def test_prometheus_rule_parses_and_passes_promtool(chart, tmp_path):
+    promtool = tool("promtool", PROMTOOL_HINT)
+    rule = prometheus_rule(chart, {"metrics": {"prometheusRule": {"labels": {"release": "prometheus"}, "additionalLabels": {"team": "platform"}}}})
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    (group,) = rule["spec"]["groups"]
+    assert {r["alert"] for r in group["rules"]} == ALERTS
+    for r in group["rules"]:
+        assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+        assert r["labels"]["team"] == "platform"
+        assert r["annotations"]["summary"] and len(r["annotations"]["description"]) > 80, r["alert"]
+        # Scoped to this release's series (the ServiceMonitor's job).
+        assert f'namespace="{NAMESPACE}", job="scopegate"' in r["expr"], r["alert"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    out = run([promtool, "check", "rules", path])
+    assert f"SUCCESS: {len(ALERTS)} rules found" in out
+    # A custom selector replaces the default one.
+    custom = prometheus_rule(chart, {"metrics": {"prometheusRule": {"selector": 'cluster="eu-1", app="authz"'}}})
+    assert all('cluster="eu-1", app="authz"' in r["expr"] for r in custom["spec"]["groups"][0]["rules"])
+
+
+def test_alerts_fire_on_the_conditions_they_describe(chart, tmp_path):
+    """promtool unit tests: each alert fires on its condition and stays quiet on a healthy pod."""
+    promtool = tool("promtool", PROMTOOL_HINT)
+    rule = prometheus_rule(chart)
+    for r in rule["spec"]["groups"][0]["rules"]:
+        r.pop("annotations")  # promtool compares annotations verbatim; the conditions are the test
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    sel = f'namespace="{NAMESPACE}",job="scopegate"'
+
+    def series(name, labels, values):
+        return {"series": f"{name}{{{sel},{labels}}}", "values": values}
+
+    def fires(alert, at, labels):
+        return {"eval_time": at, "alertname": alert, "exp_alerts": [{"exp_labels": {"severity": "warning", **labels}}]}
+
+    def quiet(alert, at):
+        return {"eval_time": at, "alertname": alert, "exp_alerts": []}
+
+    buckets = [("0.001", "0+0x40"), ("0.005", "0+10x40"), ("0.01", "0+1000x40"), ("+Inf", "0+1000x40")]
+    tests = [
+        {   # stale snapshot on one pod, fresh on the other
+            "interval": "1m",
+            "input_series": [
+                series("scopegate_snapshot_age_seconds", 'pod="a"', "1x5 120x30"),
+                series("scopegate_snapshot_age_seconds", 'pod="b"', "1x35"),
+            ],
+            "alert_rule_test": [quiet("ScopegateSnapshotStale", "10m"), fires("ScopegateSnapshotStale", "30m", {"namespace": NAMESPACE, "pod": "a"})],
+        },
+        {   # rule errors and watch restarts: counters that move
+            "interval": "1m",
+            "input_series": [
+                series("scopegate_rule_errors_total", 'pod="a"', "0x10 1x10"),
+                series("scopegate_rule_errors_total", 'pod="b"', "0x20"),
+                series("scopegate_watch_restarts_total", 'pod="a"', "0+1x20"),
+                series("scopegate_watch_restarts_total", 'pod="b"', "0x10 1 2 2x8"),
+            ],
+            "alert_rule_test": [
+                quiet("ScopegateRuleErrors", "5m"),
+                fires("ScopegateRuleErrors", "12m", {"namespace": NAMESPACE, "job": "scopegate", "pod": "a"}),
+                fires("ScopegateWatchRestartsClimbing", "18m", {"namespace": NAMESPACE, "job": "scopegate", "pod": "a"}),
+            ],
+        },
+        {   # deny share: 10 % for two hours, then 82 % (a bad rule change)
+            "interval": "1m",
+            "input_series": [
+                series("scopegate_decisions_total", 'decision="allow",reason="allowed"', "0+540x160"),
+                series("scopegate_decisions_total", 'decision="deny",reason="no_rule"', "0+60x130 7800+2400x30"),
+            ],
+            "alert_rule_test": [
+                quiet("ScopegateDenyRateSpike", "125m"),
+                quiet("ScopegateDenyRateSpike", "135m"),  # pending: not yet 10 minutes
+                fires("ScopegateDenyRateSpike", "150m", {"namespace": NAMESPACE}),
+            ],
+        },
+        {   # a steady 50 % deny share is not a spike
+            "interval": "1m",
+            "input_series": [
+                series("scopegate_decisions_total", 'decision="allow",reason="allowed"', "0+600x160"),
+                series("scopegate_decisions_total", 'decision="deny",reason="no_rule"', "0+660x160"),
+            ],
+            "alert_rule_test": [quiet("ScopegateDenyRateSpike", "150m")],
+        },
+        {   # p99 between 5 and 10 ms, over the 5 ms budget; fail-closed answers
+            "interval": "1m",
+            "input_series": [series("scopegate_check_duration_seconds_bucket", f'pod="a",le="{le}"', v) for le, v in buckets]
+            + [series("scopegate_decisions_total", 'decision="deny",reason="snapshot_stale"', "0+30x40")],
+            "alert_rule_test": [
+                fires("ScopegateCheckLatencyHigh", "30m", {"namespace": NAMESPACE}),
+                {"eval_time": "30m", "alertname": "ScopegateFailingClosed", "exp_alerts": [{"exp_labels": {"severity": "critical", "namespace": NAMESPACE}}]},
+            ],
+        },
+        {   # TLS files rejected
+            "interval": "1m",
+            "input_series": [series("scopegate_tls_reloads_total", 'pod="a",result="rejected"', "0x5 1x10")],
+            "alert_rule_test": [fires("ScopegateTlsReloadRejected", "8m", {"namespace": NAMESPACE, "job": "scopegate", "pod": "a", "result": "rejected"})],
+        },
+    ]
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests}))
+    out = run([promtool, "test", "rules", tmp_path / "tests.yaml"])
+    assert "SUCCESS" in out, out
+
+
+def dashboard(chart, values=None):
+    values = merged({"metrics": {"grafanaDashboard": {"enabled": True}}}, values or {})
+    docs = objects(chart, values)
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    return cm
+
+
+def dashboard_queries(board):
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            yield panel["title"], target["expr"]
+
+
+def test_grafana_dashboard_configmap_parses_and_its_queries_pass_promtool(chart, tmp_path):
+    promtool = tool("promtool", PROMTOOL_HINT)
+    cm = dashboard(chart, {"metrics": {"grafanaDashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "Platform"}}}})
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "the Grafana sidecar's default label"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    board = json.loads(cm["data"]["scopegate.json"])
+    assert board["uid"] == "scopegate" and board["title"] == "scopegate"
+    assert {v["name"] for v in board["templating"]["list"]} == {"datasource", "namespace", "job", "pod"}
+    queries = list(dashboard_queries(board))
+    assert len(queries) >= 15
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    # Grafana's variables, as Grafana would substitute them; then every query must be valid PromQL.
+    def concrete(expr):
+        for var, value in (("$__rate_interval", "1m"), ("$namespace", NAMESPACE), ("$job", "scopegate"), ("$pod", ".*")):
+            expr = expr.replace(var, value)
+        return expr
+    rules = [{"record": f"dashboard:query{i}", "expr": concrete(e)} for i, (_, e) in enumerate(queries)]
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert f"SUCCESS: {len(rules)} rules found" in run([promtool, "check", "rules", path])
+    # Off by default.
+    assert not [d for d in objects(chart) if d["metadata"]["name"].endswith("-dashboard")]
+
+
+def exposed_metric_names(pod):
+    """Sample names /metrics can carry: counters as `_total`, histograms as `_bucket`/`_sum`/`_count`."""
+    names = set()
+    for line in pod.wait_for("/metrics", 200).splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[:2] == ["#", "TYPE"]:
+            name, kind = parts[2], parts[3]
+            if kind == "counter":
+                names.add(f"{name}_total")
+            elif kind == "histogram":
+                names.update(f"{name}_{s}" for s in ("bucket", "sum", "count"))
+            else:
+                names.add(name)
+    return names
+
+
+def test_alerts_and_dashboard_only_use_metrics_scopegate_exposes(chart, tmp_path):
+    import re
+
+    docs = objects(chart)
+    pod = Pod(docs, tmp_path, configmap_files(docs))
+    try:
+        pod.wait_for("/readyz", 200)
+        exposed = exposed_metric_names(pod)
+    finally:
+        assert pod.stop(timeout=15) == 0, pod.log.read_text()
+    used = set()
+    for r in prometheus_rule(chart)["spec"]["groups"][0]["rules"]:
+        used.update(re.findall(r"\bscopegate_[a-z_]+", r["expr"]))
+    board = json.loads(dashboard(chart)["data"]["scopegate.json"])
+    for _, expr in dashboard_queries(board):
+        used.update(re.findall(r"\bscopegate_[a-z_]+", expr))
+    assert used, "the alerts and the dashboard read scopegate's metrics"
+    # A labelled family appears with its first series (scope mismatches: per rule id); those
+    # must at least be registered under that name.
+    telemetry = (ROOT / "src" / "telemetry.rs").read_text()
+    lazy = {name for name in used - exposed if f'"{name.removesuffix("_total")}"' in telemetry}
+    assert lazy <= {"scopegate_scope_mismatch_total"}, lazy
+    assert used - lazy <= exposed, f"not exposed by scopegate: {sorted(used - lazy - exposed)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the rendered listener TLS against the real binary
+
+
+def tls_handshake(port, ca, cert=None, key=None):
+    """A TLS handshake with ALPN h2 as Envoy makes it; returns (alpn, error after the handshake)."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            alpn = tls.selected_alpn_protocol()
+            try:
+                # HTTP/2 preface + an empty SETTINGS frame: the server answers with its SETTINGS,
+                # or (TLS 1.3) with the alert refusing a missing client certificate.
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+                frame = tls.recv(9)
+                return alpn, None if frame and frame[3] == 4 else f"unexpected {frame!r}"
+            except (ssl.SSLError, ConnectionError) as e:
+                return alpn, str(e)
+
+
+def test_binary_serves_the_rendered_listener_mutual_tls(chart, tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    values = {"tls": {"enabled": True, "existingSecret": "scopegate-tls", "clientAuth": {"enabled": True}}}
+    docs = objects(chart, values)
+    validate_all(docs, KUBE_VERSIONS[-1])
+    # The Secret's keys as its volume projects them (kubernetes.io/tls + ca.crt, like cert-manager's).
+    source = {"tls.crt": "server.crt", "tls.key": "server.key", "ca.crt": "ca.crt"}
+    mount = mounts_of(container(docs))["listener-tls"]["mountPath"]
+    assert mount.startswith("/etc/scopegate-tls/")
+    sub = mount[len("/etc/scopegate-tls/"):]
+    tls_files = {f"{sub}/{i['path']}": (certs / source[i["key"]]).read_text() for i in volumes_of(docs)["listener-tls"]["secret"]["items"]}
+    pod = Pod(docs, tmp_path, configmap_files(docs), tls_files=tls_files)
+    try:
+        probe = container(docs)["readinessProbe"]["httpGet"]["path"]
+        assert pod.wait_for(probe, 200).strip() == "serving"
+        alpn, error = tls_handshake(pod.grpc, certs / "ca.crt", certs / "client.crt", certs / "client.key")
+        assert (alpn, error) == ("h2", None)
+        alpn, error = tls_handshake(pod.grpc, certs / "ca.crt")
+        assert error is not None and "CERTIFICATE_REQUIRED" in error.upper(), error
+        # The admin port stays plain HTTP.
+        assert pod.wait_for("/healthz", 200).strip() == "ok"
+    finally:
+        assert pod.stop(timeout=15) == 0, pod.log.read_text()

@@ -87,19 +87,18 @@ pub fn example_config(ports: EnvoyPorts) -> String {
     config
 }
 
-/// `config` (the example) with a file access log on its HTTP connection manager, written to
-/// `path`: one line per request, see [`AccessLogEntry`]. Only the tests add it; it changes
-/// nothing in how requests are routed or checked.
+/// `config` (the example) with a second file access log on its HTTP connection manager, written
+/// to `path`: one line per request, see [`AccessLogEntry`]. Only the tests add it (next to the
+/// example's own JSON log on stdout); it changes nothing in how requests are routed or checked.
 pub fn with_access_log(config: &str, path: &Path) -> String {
-    let anchor = "          stat_prefix: ingress_http\n";
+    let anchor = "          access_log:\n";
     assert_eq!(
         config.matches(anchor).count(),
         1,
-        "examples/envoy/envoy.yaml must have `stat_prefix: ingress_http` exactly once"
+        "examples/envoy/envoy.yaml must have the HttpConnectionManager's `access_log:` exactly once"
     );
     // Indented as the HttpConnectionManager's fields; YAML escapes in the double-quoted format.
     let lines = [
-        "access_log:".to_string(),
         "- name: envoy.access_loggers.file".to_string(),
         "  typed_config:".to_string(),
         "    \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -185,7 +184,8 @@ impl Envoy {
             .args(["--log-level", "info", "--log-path"])
             .arg(dir.path().join("envoy.log"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The example's own access log goes to stdout: kept for [`Envoy::stdout_json`].
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start envoy ({e}); {INSTALL_HINT}"));
@@ -224,6 +224,14 @@ impl Envoy {
     /// Envoy's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The JSON lines Envoy wrote on stdout so far (the example's access log), oldest first.
+    pub fn stdout_json(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// The access log so far (empty unless started by [`Envoy::start_example_logged`]).

@@ -1,9 +1,13 @@
 //! Test harnesses shared by the integration tests: token minting with the demo keys, an
-//! in-process scopegate on port 0 with a gRPC client, and a real etcd on free loopback ports.
+//! in-process scopegate on port 0 with a gRPC client, a real etcd on free loopback ports, and a
+//! real OpenID provider (`idp`), the real binary's commands (`cli`).
 #![allow(dead_code)]
 
+pub mod binding;
+pub mod cli;
 pub mod envoy;
 pub mod etcd;
+pub mod idp;
 pub mod path_readings;
 pub mod proxy;
 pub mod server;

@@ -183,14 +183,22 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 /// A minimal HTTP/1.0 GET, returning the status code and the body.
 pub async fn http_get_status(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
+    try_http_get(addr, path)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// [`http_get_status`] that reports a connection failure instead of panicking.
+pub async fn try_http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    stream.read_to_string(&mut response).await?;
     let status = response
         .split(' ')
         .nth(1)
@@ -200,5 +208,5 @@ pub async fn http_get_status(addr: std::net::SocketAddr, path: &str) -> (u16, St
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }

@@ -104,8 +104,60 @@ does not know, fails the render (scopegate would refuse to start on it).
 {{- end }}
 {{- end }}
 
+{{/* Secret with the listener's tls.crt/tls.key: the existing one, or cert-manager's. */}}
+{{- define "scopegate.tlsSecretName" -}}
+{{- if eq .Values.tls.source "certManager" }}
+{{- printf "%s-tls" (include "scopegate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- .Values.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* More than one pod runs (a PodDisruptionBudget makes sense). */}}
+{{- define "scopegate.multiplePods" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (int64 .Values.autoscaling.minReplicas) 1 }}true{{ end }}
+{{- else if gt (int64 .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/* PromQL label matchers selecting this release's series (the ServiceMonitor's job). */}}
+{{- define "scopegate.seriesSelector" -}}
+{{- .Values.metrics.prometheusRule.selector | default (printf "namespace=%q, job=%q" .Release.Namespace (include "scopegate.fullname" .)) }}
+{{- end }}
+
+{{/* Checks of the listener TLS, autoscaling and NetworkPolicy values. */}}
+{{- define "scopegate.validateDeployment" -}}
+{{- $tls := .Values.tls }}
+{{- if and $tls.clientAuth.enabled (not $tls.enabled) }}
+{{- fail "tls.clientAuth.enabled needs tls.enabled (client certificates are part of the listener's TLS)" }}
+{{- end }}
+{{- if $tls.enabled }}
+{{- if and (eq $tls.source "secret") (not $tls.existingSecret) }}
+{{- fail "tls.enabled with tls.source=secret needs tls.existingSecret (a kubernetes.io/tls Secret), or use tls.source=certManager" }}
+{{- end }}
+{{- if and (eq $tls.source "certManager") (not $tls.certManager.issuerRef.name) }}
+{{- fail "tls.source=certManager needs tls.certManager.issuerRef.name (the Issuer or ClusterIssuer that signs the certificate)" }}
+{{- end }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- if lt (int64 .Values.autoscaling.maxReplicas) (int64 .Values.autoscaling.minReplicas) }}
+{{- fail (printf "autoscaling.maxReplicas (%d) must not be below autoscaling.minReplicas (%d)" (int64 .Values.autoscaling.maxReplicas) (int64 .Values.autoscaling.minReplicas)) }}
+{{- end }}
+{{- if and (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling needs a target: autoscaling.targetCPUUtilizationPercentage and/or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- if and .Values.autoscaling.targetCPUUtilizationPercentage (not (and .Values.resources .Values.resources.requests .Values.resources.requests.cpu)) }}
+{{- fail "autoscaling on CPU needs resources.requests.cpu (utilisation is a percentage of the request)" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.grpcFrom) }}
+{{- fail "networkPolicy.enabled needs networkPolicy.grpcFrom (the Envoy gateway or mesh namespaces/pods that ask scopegate); without it nothing could reach the gRPC port" }}
+{{- end }}
+{{- end }}
+
 {{/* Render-time checks of combinations that a JSON schema cannot express well. */}}
 {{- define "scopegate.validate" -}}
+{{- include "scopegate.validateDeployment" . }}
 {{- $grace := int .Values.terminationGracePeriodSeconds }}
 {{- $needed := add .Values.shutdown.preStopSleepSeconds .Values.shutdown.drainTimeoutSeconds }}
 {{- if le $grace (int $needed) }}

@@ -1,0 +1,153 @@
+//! Property tests for every parser on the decision path and in rule loading: the bearer parser,
+//! JWT verification on arbitrary bytes, and every rule/issuer JSON value. None may panic; the
+//! bearer parser agrees with a straightforward reading of RFC 6750 §2.1; a rejected rule value
+//! names the field that is wrong. Bounded here (PROPTEST_CASES raises it for a longer run, see
+//! docs/benchmarks.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use scopegate::authz::request::bearer_token;
+use scopegate::rules::document::parse_document;
+use scopegate::rules::{Entry, EntryKind, ParseContext};
+use scopegate::store::Snapshot;
+use serde_json::{json, Value};
+
+const CTX: ParseContext<'static> = ParseContext { base_dir: None };
+
+/// RFC 6750 §2.1, read literally: `"Bearer" 1*SP b64token`, the scheme case-insensitive.
+fn reference_bearer(value: &str) -> Option<Result<String, ()>> {
+    let value = value.trim_matches(' ');
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    let body = token.trim_end_matches('=');
+    let ok = !body.is_empty()
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~+/".contains(c));
+    Some(if ok { Ok(token.to_string()) } else { Err(()) })
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| json!(f)),
+        ".{0,12}".prop_map(Value::String),
+        prop::sample::select(vec!["/", "*", "/a/{id}", "/**", "GET", "public", "RS256"])
+            .prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "host", "path", "methods", "require", "mode", "all", "any", "public",
+                    "implies", "aliases", "issued_before", "reason", "issuer", "audiences",
+                    "algorithms", "jwks", "keys", "kty", "x",
+                ])
+                .prop_map(str::to_string),
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn kind() -> impl Strategy<Value = EntryKind> {
+    prop::sample::select(EntryKind::ALL.to_vec())
+}
+
+/// A valid route and the names of its fields.
+fn valid_route() -> Value {
+    json!({"host": "api.example.com", "path": "/orders/{id}", "methods": ["GET"],
+           "require": {"all": ["orders:read"]}, "mode": "enforce"})
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bearer_parser_agrees_with_rfc6750(value in "[ A-Za-z0-9._~+/=,\"-]{0,24}", prefix in prop::sample::select(vec!["", "Bearer ", "bearer  ", "BEARER", "Basic ", " Bearer "])) {
+        let header = format!("{prefix}{value}");
+        let ours = bearer_token(Some(&header));
+        match reference_bearer(&header) {
+            None => prop_assert_eq!(ours, Ok(None)),
+            Some(Ok(token)) => prop_assert_eq!(ours, Ok(Some(token.as_str()))),
+            Some(Err(())) => prop_assert!(ours.is_err(), "{:?} accepted as {:?}", header, ours),
+        }
+    }
+
+    #[test]
+    fn token_verification_never_panics_on_arbitrary_input(
+        raw in prop::collection::vec(any::<u8>(), 0..200),
+        dots in prop::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let snapshot = demo_snapshot();
+        let mut raw = raw;
+        for d in dots {
+            raw.insert(usize::from(d) % (raw.len() + 1), b'.');
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Err(e) = snapshot.verifier.verify(&text) {
+            prop_assert!(!e.to_string().is_empty());
+        } else {
+            prop_assert!(false, "arbitrary bytes verified: {:?}", text);
+        }
+    }
+
+    #[test]
+    fn token_verification_never_panics_on_jwt_shaped_input(
+        header in arbitrary_json(), claims in arbitrary_json(), sig in "[A-Za-z0-9_-]{0,90}"
+    ) {
+        use base64::Engine;
+        let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!("{}.{}.{sig}", b64(&header), b64(&claims));
+        prop_assert!(demo_snapshot().verifier.verify(&token).is_err());
+    }
+
+    #[test]
+    fn arbitrary_rule_values_never_panic(kind in kind(), value in arbitrary_json(), id in "[a-z:/]{0,6}") {
+        if let Err(e) = Entry::parse(kind, &id, &value, CTX) {
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_rejected_route_field_is_named(field in prop::sample::select(vec!["host", "path", "methods", "require", "mode"]), value in arbitrary_json()) {
+        let mut route = valid_route();
+        route[field] = value;
+        if let Err(e) = Entry::parse(EntryKind::Route, "r", &route, CTX) {
+            prop_assert!(e.message.contains(field), "{} not named in {:?}", field, e.message);
+        }
+    }
+
+    #[test]
+    fn arbitrary_issuer_values_never_panic(value in arbitrary_json()) {
+        let mut issuer = json!({"issuer": "https://idp/", "audiences": ["a"], "algorithms": ["EdDSA"]});
+        issuer["jwks"] = json!({"keys": [value]});
+        let _ = Entry::parse(EntryKind::Issuer, "i", &issuer, CTX);
+    }
+}
+
+fn demo_snapshot() -> Snapshot {
+    let yaml = format!("issuers:\n{}", support::tokens::issuer_yaml());
+    Snapshot::build(parse_document(&yaml, Path::new("r.yaml")).unwrap(), 1, None)
+}
+
+#[test]
+fn a_valid_route_parses_so_the_naming_property_is_not_vacuous() {
+    assert!(Entry::parse(EntryKind::Route, "r", &valid_route(), CTX).is_ok());
+    let mut bad = valid_route();
+    bad["methods"] = json!(["GET", 5]);
+    let e = Entry::parse(EntryKind::Route, "r", &bad, CTX).unwrap_err();
+    assert!(e.message.starts_with("methods[1]: "), "{}", e.message);
+}

@@ -1,0 +1,220 @@
+//! Sender-constrained test credentials: DPoP keys generated per test (rcgen) and the proofs they
+//! sign (RFC 9449), access tokens bound to a DPoP key (`cnf.jkt`) or to a client certificate
+//! (`cnf["x5t#S256"]`, RFC 8705), and a test CA that issues client and server certificates.
+//! Thumbprints are computed here independently of scopegate's own code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a step that fails must fail the calling test, with its message"
+)]
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::tokens;
+
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `ath`: base64url SHA-256 of the access token.
+pub fn ath(token: &str) -> String {
+    b64(Sha256::digest(token.as_bytes()))
+}
+
+/// A DPoP key pair, fresh for each call.
+pub struct DpopKey {
+    pub alg: Algorithm,
+    pub key: EncodingKey,
+    /// The public JWK, as a client puts it in the proof header.
+    pub jwk: Value,
+}
+
+impl DpopKey {
+    /// A new P-256 key (ES256).
+    pub fn es256() -> DpopKey {
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = pair.public_key_raw();
+        assert_eq!(point.len(), 65, "uncompressed P-256 point");
+        DpopKey {
+            alg: Algorithm::ES256,
+            key: EncodingKey::from_ec_der(&pair.serialize_der()),
+            jwk: json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])}),
+        }
+    }
+
+    /// A new Ed25519 key (EdDSA).
+    pub fn ed25519() -> DpopKey {
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        DpopKey {
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_der(&pair.serialize_der()),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key_raw())}),
+        }
+    }
+
+    /// RFC 7638 thumbprint, written out by hand for the two key types used here.
+    pub fn thumbprint(&self) -> String {
+        let j = &self.jwk;
+        let canonical = match j["kty"].as_str().unwrap() {
+            "EC" => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                j["crv"].as_str().unwrap(),
+                j["x"].as_str().unwrap(),
+                j["y"].as_str().unwrap()
+            ),
+            "OKP" => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                j["crv"].as_str().unwrap(),
+                j["x"].as_str().unwrap()
+            ),
+            other => panic!("no thumbprint for kty {other}"),
+        };
+        b64(Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// The standard proof header for this key.
+    pub fn header(&self) -> Value {
+        json!({"typ": "dpop+jwt", "alg": alg_name(self.alg), "jwk": self.jwk})
+    }
+
+    /// A valid proof for `method` `htu` with `token`, issued now, with a fresh jti.
+    pub fn proof(&self, method: &str, htu: &str, token: &str) -> String {
+        self.proof_with(&self.header(), &proof_claims(method, htu, token))
+    }
+
+    /// A proof with any header and claims, signed by this key with its algorithm.
+    pub fn proof_with(&self, header: &Value, claims: &Value) -> String {
+        sign_raw(header, claims, self.alg, &self.key)
+    }
+}
+
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::HS256 => "HS256",
+        Algorithm::RS256 => "RS256",
+        other => panic!("no name for {other:?} here"),
+    }
+}
+
+/// `jti` (fresh), `htm`, `htu`, `iat` (now) and `ath` of `token`.
+pub fn proof_claims(method: &str, htu: &str, token: &str) -> Value {
+    json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": method, "htu": htu,
+           "iat": tokens::now(), "ath": ath(token)})
+}
+
+/// A compact JWS of exactly `header` and `claims` (no field added or dropped).
+pub fn sign_raw(header: &Value, claims: &Value, alg: Algorithm, key: &EncodingKey) -> String {
+    let signing_input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, alg).unwrap();
+    format!("{signing_input}.{signature}")
+}
+
+/// An RS256 access token of the test issuer for `sub` with `scope`, bound by `cnf`.
+pub fn bound_token(sub: &str, scope: &str, cnf: Value) -> String {
+    let mut claims = tokens::claims(sub, scope);
+    claims["cnf"] = cnf;
+    tokens::sign(Algorithm::RS256, &claims)
+}
+
+/// A token bound to `key` (`cnf.jkt`).
+pub fn dpop_token(sub: &str, scope: &str, key: &DpopKey) -> String {
+    bound_token(sub, scope, json!({"jkt": key.thumbprint()}))
+}
+
+/// A token bound to `cert` (`cnf["x5t#S256"]`).
+pub fn mtls_token(sub: &str, scope: &str, cert: &Leaf) -> String {
+    bound_token(sub, scope, json!({"x5t#S256": cert.x5t_s256()}))
+}
+
+/// A test certificate authority.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A certificate (PEM and DER) and its key (PEM).
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert_pem: String,
+    pub der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl Leaf {
+    /// RFC 8705 §3.1: base64url SHA-256 of the DER.
+    pub fn x5t_s256(&self) -> String {
+        b64(Sha256::digest(&self.der))
+    }
+
+    /// The PEM as Envoy forwards it in `source.certificate` (every byte but the unreserved ones
+    /// percent-encoded).
+    pub fn url_encoded(&self) -> String {
+        self.cert_pem
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        TestCa {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    pub fn client(&self, name: &str) -> Leaf {
+        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    pub fn server(&self, name: &str) -> Leaf {
+        self.issue(name, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+}
+
+/// The PEM body of a DER certificate, for tests that build PEM by hand.
+pub fn pem_of(der: &[u8]) -> String {
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        STANDARD.encode(der)
+    )
+}
