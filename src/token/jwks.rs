@@ -389,36 +389,13 @@ fn bit_length(bytes: &[u8]) -> usize {
     }
 }
 
-/// Strict unpadded base64url (RFC 7515 §2): no padding, no whitespace, no stray trailing bits.
+/// Strict unpadded base64url (RFC 7515 §2): no padding, no whitespace, no stray trailing bits
+/// (the `base64` crate's `URL_SAFE_NO_PAD` engine refuses all three).
 fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'-' => Some(62),
-            b'_' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = text.as_bytes();
-    if bytes.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for c in chunk {
-            acc = (acc << 6) | value(*c)?;
-        }
-        match chunk.len() {
-            4 => out.extend_from_slice(&acc.to_be_bytes()[1..]),
-            3 if acc & 0b11 == 0 => out.extend_from_slice(&(acc >> 2).to_be_bytes()[2..]),
-            2 if acc & 0b1111 == 0 => out.push((acc >> 4) as u8),
-            _ => return None,
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
 }
 
 /// An HMAC key from a secret file (trailing whitespace trimmed), for the pinned HS algorithms.
