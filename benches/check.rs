@@ -3,6 +3,12 @@
 //! the identity-provider steps (kid-miss refetch, introspection); these requests never need
 //! them, so each is polled once (`now_or_never`), which also proves it completes without waiting.
 //! Run: `cargo bench --bench check`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,12 @@
 //! criterion: `decide()` against snapshots of 10, 1,000, 10,000 and 100,000 routes (verified claims
 //! given, so this is route matching, scope expansion and revocation checks only).
 //! Run: `cargo bench --bench decide`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::sync::Arc;
 

@@ -1,8 +1,15 @@
 //! Freshness probe: time from an etcd put being acknowledged to the first Check that sees the
-//! change, for a rule change and for a revocation, over many trials (p50 / p99 / max).
+//! change, for a rule change, a revocation and a `rules rollback` (the library call the command
+//! makes), over many trials (p50 / p99 / max).
 //! Starts its own etcd (Debian `etcd-server`) on free loopback ports and an in-process
 //! scopegate watching it; Checks go over real gRPC.
 //! Run: `cargo bench --bench freshness` (optionally `-- TRIALS`, default 300)
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -10,6 +17,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use scopegate::app;
+use scopegate::changes::{Meta, RecordKind, Repo};
+use scopegate::store::etcd::EtcdSettings;
 use support::etcd::EtcdServer;
 use support::server::{check_request, connect, serve_args, Answer};
 use support::tokens::{self, claims, sign};
@@ -125,4 +134,38 @@ async fn main() {
     }
     report("rule_change", rule_change);
     report("revocation", revocation);
+
+    // Rollback: restore the revision that allowed, in one transaction with a version record.
+    // `rollback`: its transaction acknowledged → first Check that sees it; `rollback_cmd`: the
+    // whole call (read the old and the current rule set, write) → first Check that sees it.
+    let mut repo = Repo::connect(&EtcdSettings::new(vec![etcd.endpoint()], P))
+        .await
+        .unwrap();
+    let (mut rollback, mut rollback_cmd) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        let good = kv
+            .put(format!("{P}routes/fresh"), route("a"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        until(200, Instant::now()).await;
+        kv.put(format!("{P}routes/fresh"), route("b"), None)
+            .await
+            .unwrap();
+        until(403, Instant::now()).await;
+        let started = Instant::now();
+        let meta = Meta {
+            kind: RecordKind::Rollback,
+            author: "bench".into(),
+            message: String::new(),
+            rollback_to: None,
+        };
+        repo.rollback(good, meta).await.unwrap();
+        rollback.push(until(200, Instant::now()).await);
+        rollback_cmd.push(started.elapsed());
+    }
+    report("rollback", rollback);
+    report("rollback_cmd", rollback_cmd);
 }

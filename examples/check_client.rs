@@ -7,6 +7,12 @@
 //! export TOKEN=$(cargo run -q --example mint_token -- --scope orders:read)
 //! cargo run --example check_client -- GET api.example.com /orders/42
 //! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::collections::HashMap;
 

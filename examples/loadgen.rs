@@ -23,6 +23,12 @@
 //! target/release/examples/loadgen --rate 5000 --duration 20s   # open loop
 //! target/release/examples/loadgen --concurrency 64 --duration 10s  # closed loop, max rate
 //! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -6,7 +6,14 @@
 //! ```text
 //! cargo run --example mint_token -- --scope "orders:read"
 //! cargo run --example mint_token -- --alg ES256 --scope "orders:write" --ttl 10m
+//! cargo run --example mint_token -- --jkt "$(cargo run -q --example dpop_proof -- thumbprint --key client.p8)"
 //! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +52,13 @@ struct Args {
     /// jti claim (default: random).
     #[arg(long)]
     jti: Option<String>,
+    /// Bind the token to a DPoP key: its RFC 7638 thumbprint (`cnf.jkt`, RFC 9449).
+    #[arg(long)]
+    jkt: Option<String>,
+    /// Bind the token to a client certificate: base64url SHA-256 of its DER (`cnf["x5t#S256"]`,
+    /// RFC 8705), e.g. `openssl x509 -in client.pem -outform DER | openssl dgst -sha256 -binary | basenc --base64url | tr -d =`.
+    #[arg(long)]
+    x5t_s256: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -70,11 +84,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     header.typ = Some(args.typ);
     header.kid = Some(args.kid.unwrap_or_else(|| demo_kid.to_string()));
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = json!({
+    let mut claims = json!({
         "iss": args.iss, "aud": args.aud, "sub": args.sub, "client_id": args.client_id,
         "scope": args.scope, "iat": now, "nbf": now, "exp": now + args.ttl.as_secs(),
         "jti": args.jti.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     });
+    let mut cnf = serde_json::Map::new();
+    if let Some(jkt) = args.jkt {
+        cnf.insert("jkt".into(), jkt.into());
+    }
+    if let Some(x5t) = args.x5t_s256 {
+        cnf.insert("x5t#S256".into(), x5t.into());
+    }
+    if !cnf.is_empty() {
+        claims["cnf"] = cnf.into();
+    }
     println!("{}", encode(&header, &claims, &key)?);
     Ok(())
 }

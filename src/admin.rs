@@ -1,11 +1,13 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (a snapshot is loaded and within `--max-staleness`), `/readyz/serving` (a snapshot is loaded:
-//! what the gRPC health service reports, for probes that cannot speak gRPC over TLS) and
+//! (a snapshot is loaded and within `--max-staleness`, and every remote-key issuer has keys or
+//! `--keys-ready-timeout` has passed since start-up), `/readyz/serving` (a snapshot is loaded and
+//! within `--max-staleness`: what the gRPC health service reports, for probes that cannot speak
+//! gRPC over TLS) and
 //! `/status` (revision, age, last source error, as JSON). The gRPC health service lives on the
 //! gRPC port (see `app`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,12 +24,20 @@ pub struct AdminState {
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
     pub max_staleness: Option<Duration>,
+    /// Until then, readiness also waits for every remote-key issuer to have keys.
+    pub keys_ready_deadline: Instant,
 }
 
 impl AdminState {
-    /// Ready: a snapshot is loaded and not older than allowed.
+    /// Ready: a snapshot is loaded, not older than allowed, and its remote-key issuers have
+    /// keys (or the start-up wait for them is over).
     pub fn is_ready(&self) -> bool {
-        self.store.current().is_some() && !self.store.is_stale(self.max_staleness)
+        let Some(snapshot) = self.store.current() else {
+            return false;
+        };
+        let keys =
+            snapshot.verifier.remote_keys_loaded() || Instant::now() >= self.keys_ready_deadline;
+        keys && !self.store.is_stale(self.max_staleness)
     }
 }
 
@@ -44,6 +54,13 @@ pub fn router(state: AdminState) -> Router {
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     if let Some(age) = state.store.age() {
         state.metrics.source.snapshot_age_seconds.set(age.as_secs_f64());
+    }
+    if let Some(snapshot) = state.store.current() {
+        let ages = snapshot
+            .verifier
+            .remote_keys()
+            .filter_map(|keys| keys.age().map(|age| (keys.name(), age.as_secs_f64())));
+        state.metrics.keys.set_ages(ages);
     }
     (
         [(
@@ -62,9 +79,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// SERVING in grpc.health.v1 terms: a snapshot is loaded (staleness is the check path's business).
+/// SERVING in grpc.health.v1 terms (as `app` reports it): a snapshot is loaded and not stale.
 async fn serving(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.store.current().is_some() {
+    if state.store.current().is_some() && !state.store.is_stale(state.max_staleness) {
         (StatusCode::OK, "serving\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
@@ -79,6 +96,7 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         "routes": snapshot.as_ref().map(|s| s.routes.len()),
         "issuers": snapshot.as_ref().map(|s| s.rules.issuers.len()),
         "snapshot_age_seconds": state.store.age().map(|a| a.as_secs_f64()),
+        "remote_keys": snapshot.as_ref().map(|s| remote_keys(&s.verifier)),
         "last_error": state.store.last_error(),
         "rejected": &*state.store.rejections(),
     });
@@ -86,4 +104,20 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
+}
+
+/// Per remote-key issuer: keys in force, keys skipped (with why), age of the set.
+fn remote_keys(verifier: &crate::token::Verifier) -> serde_json::Value {
+    let issuers = verifier.remote_keys().map(|keys| {
+        let set = keys.keys();
+        let skipped: Vec<String> = set.skipped.iter().map(ToString::to_string).collect();
+        let kids: Vec<Option<&str>> = set.keys.iter().map(|k| k.kid.as_deref()).collect();
+        let body = serde_json::json!({
+            "kids": kids,
+            "skipped": skipped,
+            "age_seconds": keys.age().map(|a| a.as_secs_f64()),
+        });
+        (keys.name().to_string(), body)
+    });
+    serde_json::Value::Object(issuers.collect())
 }

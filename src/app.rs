@@ -25,6 +25,7 @@ use crate::store::etcd::EtcdSource;
 use crate::store::file::FileSource;
 use crate::store::SnapshotStore;
 use crate::telemetry::Metrics;
+use crate::token::KeyFetcher;
 
 /// How often health is re-evaluated without a new revision (staleness grows with time).
 const HEALTH_RECHECK: Duration = Duration::from_millis(250);
@@ -103,13 +104,16 @@ pub struct App {
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     service: AuthorizationService,
+    /// When the app was built: readiness waits for remote keys from here.
+    started: std::time::Instant,
 }
 
 impl App {
     /// Builds the check pipeline and its shared state; starts nothing.
     pub fn build(config: Config) -> App {
-        let store = SnapshotStore::new();
         let metrics = Metrics::new();
+        let fetcher = KeyFetcher::new(config.keys, Some(metrics.clone()));
+        let store = SnapshotStore::with_key_fetcher(fetcher);
         let checker = Checker::new(
             store.clone(),
             ClaimsCache::new(config.cache.capacity, config.cache.max_ttl),
@@ -122,6 +126,7 @@ impl App {
             store,
             metrics,
             service,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -208,6 +213,7 @@ impl App {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             max_staleness: self.config.check.max_staleness,
+            keys_ready_deadline: self.started + self.config.keys_ready_timeout,
         };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {

@@ -150,6 +150,10 @@ impl Denial {
     /// 401 for a token that failed verification or whose binding does not hold: a `DPoP`
     /// challenge for DPoP problems (RFC 9449 §7.1), a `Bearer` one otherwise.
     pub fn invalid_token(error: &TokenError) -> Denial {
+        if error.is_unavailable() {
+            // Fail closed, as "try again later": the IdP could not be asked (introspection).
+            return Denial::unavailable(error.reason());
+        }
         let description = error.description();
         let challenge = match error {
             TokenError::Binding(BindingError::Proof(_)) => Challenge::DpopProof(description),
@@ -350,7 +354,11 @@ fn missing_credential(route: &Route) -> Denial {
         Some(BindingRequirement::Dpop) => Challenge::Dpop,
         _ => Challenge::Bearer,
     };
-    Denial::new(DenyStatus::Unauthorized, Reason::MissingCredential, challenge)
+    Denial::new(
+        DenyStatus::Unauthorized,
+        Reason::MissingCredential,
+        challenge,
+    )
 }
 
 /// Binding requirement, revocation and scope checks for a verified token (whose own binding,

@@ -2,7 +2,8 @@
 //! not on every request. It holds nothing that depends on rules: routes, scope definitions and
 //! revocations are evaluated against the current snapshot on every request, so a change applies
 //! to the next request. An entry lives at most `min(max_ttl, exp - now)`, and is ignored when the
-//! issuers (keys) it was verified with have changed since.
+//! issuers (keys) it was verified with have changed since: a new issuer configuration (verifier
+//! generation), or a fetched key set that dropped a key of the issuer (its [`KeyStamp`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::store::unix_millis;
-use crate::token::Claims;
+use crate::token::{Claims, KeyStamp};
 
 /// SHA-256 of the raw token: collision-resistant, and the token itself is never stored.
 pub type TokenDigest = [u8; 32];
@@ -25,6 +26,8 @@ pub fn digest(token: &str) -> TokenDigest {
 struct Entry {
     claims: Arc<Claims>,
     verifier_generation: u64,
+    /// Remote keys: the issuer's key epoch at verification.
+    stamp: Option<KeyStamp>,
     ttl: Duration,
 }
 
@@ -68,7 +71,10 @@ impl ClaimsCache {
     pub fn get(&self, key: &TokenDigest, verifier_generation: u64) -> Option<Arc<Claims>> {
         let entry = self.inner.get(key)?;
         let now_s = (unix_millis() / 1000) as i64;
-        (entry.verifier_generation == verifier_generation && entry.claims.exp > now_s)
+        let keys_current = entry.stamp.as_ref().is_none_or(KeyStamp::is_current);
+        (entry.verifier_generation == verifier_generation
+            && keys_current
+            && entry.claims.exp > now_s)
             .then_some(entry.claims)
     }
 
@@ -81,6 +87,17 @@ impl ClaimsCache {
 
     /// Caches freshly verified claims until `min(max_ttl, exp - now)`.
     pub fn insert(&self, key: TokenDigest, claims: Arc<Claims>, verifier_generation: u64) {
+        self.insert_stamped(key, claims, verifier_generation, None);
+    }
+
+    /// Caches claims verified with remote keys, until `stamp` goes stale (a key was removed).
+    pub fn insert_stamped(
+        &self,
+        key: TokenDigest,
+        claims: Arc<Claims>,
+        verifier_generation: u64,
+        stamp: Option<KeyStamp>,
+    ) {
         let now_ms = unix_millis() as i64;
         let until_exp_ms = claims.exp.saturating_mul(1000).saturating_sub(now_ms);
         if until_exp_ms <= 0 || self.max_ttl.is_zero() {
@@ -92,6 +109,7 @@ impl ClaimsCache {
             Entry {
                 claims,
                 verifier_generation,
+                stamp,
                 ttl,
             },
         );

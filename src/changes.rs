@@ -38,15 +38,19 @@ pub enum ChangeError {
     #[error("{} invalid entr{}:\n  {}", .0.len(), if .0.len() == 1 { "y" } else { "ies" },
         .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Invalid(Vec<EntryError>),
-    #[error("the prefix changed since revision {base} (etcd is at revision {current}); nothing \
-             was written: review `scopegate rules diff --from {base}` and try again")]
+    #[error(
+        "the prefix changed since revision {base} (etcd is at revision {current}); nothing \
+             was written: review `scopegate rules diff --from {base}` and try again"
+    )]
     Conflict { base: i64, current: i64 },
     #[error("revision {requested} was compacted: the oldest revision still available is {oldest}")]
     Compacted { requested: i64, oldest: i64 },
     #[error("revision {requested} does not exist yet (etcd is at revision {current})")]
     FutureRevision { requested: i64, current: i64 },
-    #[error("etcd refused the transaction ({0}): a change of this size needs a larger \
-             --max-txn-ops on every etcd member (default 128)")]
+    #[error(
+        "etcd refused the transaction ({0}): a change of this size needs a larger \
+             --max-txn-ops on every etcd member (default 128)"
+    )]
     TooManyOps(String),
     #[error("{0}")]
     Refused(String),
@@ -112,7 +116,9 @@ impl Repo {
 
     /// The key relative to the prefix (`None`: not under it, or not UTF-8).
     fn relative<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
-        std::str::from_utf8(key).ok()?.strip_prefix(self.prefix.as_str())
+        std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())
     }
 }
 

@@ -1,7 +1,10 @@
 //! The check pipeline, independent of gRPC: take the current snapshot, parse the request, verify
 //! the access token through the claims cache (only when the matched rule needs it) and, on every
 //! request, the binding it carries (client certificate, DPoP proof), decide, apply the staleness
-//! bound, then count and log the decision.
+//! bound, then count and log the decision. [`resolve`]: the steps that wait on an identity
+//! provider (kid-miss refetch, introspection), run between two synchronous passes.
+
+mod resolve;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -10,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use crate::authz::request::access_token;
 use crate::authz::{self, Credential, Decision, Denial, Request};
-use crate::cache::{self, ClaimsCache};
+use crate::cache::ClaimsCache;
 use crate::reason::Reason;
 use crate::store::{Snapshot, SnapshotStore};
 use crate::telemetry::{self, DecisionLogMode, DecisionRecord, Metrics};
 use crate::token::binding::{self, Presentation, Scheme};
 use crate::token::dpop::{DpopSettings, ReplayCache};
+use crate::token::introspect::{IntrospectionCache, IntrospectionSettings};
 use crate::token::{Claims, TokenError};
+use resolve::{Found, Pass};
 
 /// Context extension (Envoy `ExtAuthzPerRoute.check_settings.context_extensions`) that pins a
 /// request to one rule id instead of matching by host and path.
@@ -35,6 +40,8 @@ pub struct CheckSettings {
     pub decision_log: DecisionLogMode,
     /// DPoP proof `iat` window and replay cache size.
     pub dpop: DpopSettings,
+    /// RFC 7662 answer cache (opaque tokens).
+    pub introspection: IntrospectionSettings,
 }
 
 impl Default for CheckSettings {
@@ -44,6 +51,7 @@ impl Default for CheckSettings {
             max_staleness: None,
             decision_log: DecisionLogMode::All,
             dpop: DpopSettings::default(),
+            introspection: IntrospectionSettings::default(),
         }
     }
 }
@@ -96,6 +104,8 @@ pub struct Checker {
     cache: ClaimsCache,
     /// DPoP proofs seen by this replica within their iat window.
     replay: ReplayCache,
+    /// RFC 7662 answers, by SHA-256(endpoint ‖ token).
+    introspection: IntrospectionCache,
     metrics: Arc<Metrics>,
     settings: CheckSettings,
 }
@@ -115,19 +125,21 @@ impl Checker {
             store,
             cache,
             replay,
+            introspection: IntrospectionCache::new(&settings.introspection),
             metrics,
             settings,
         }
     }
 
-    /// Answers one request; never panics, never allows on an internal problem.
-    pub fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
+    /// Answers one request; never panics, never allows on an internal problem. Awaits only when
+    /// the credential needs an identity provider (see [`resolve`]).
+    pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
         let snapshot = self.store.current();
         let decision = match snapshot.as_deref() {
             // Fail closed: nothing has been loaded yet.
             None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
-            Some(snapshot) => self.decide_or_fail_closed(snapshot, input),
+            Some(snapshot) => self.decide_in_passes(snapshot, input).await,
         };
         let elapsed = started.elapsed();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
@@ -153,24 +165,41 @@ impl Checker {
         }
     }
 
+    /// One synchronous pass; a second one after the slow step, if the first asked for one.
+    async fn decide_in_passes(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
+        let first = Pass::default();
+        let decision = self.decide_or_fail_closed(snapshot, input, &first);
+        let Some(step) = first.take_slow() else {
+            return decision;
+        };
+        match resolve::resolve(self, snapshot, step).await {
+            Ok(Found::Nothing) => decision,
+            Ok(found) => self.decide_or_fail_closed(snapshot, input, &Pass::after(found)),
+            Err(()) => internal_error(),
+        }
+    }
+
     /// Fail closed on a bug: a panic would cancel the gRPC call, and Envoy's
     /// `failure_mode_allow: true` would then let the request through. It becomes an explicit
     /// 503 deny (`internal_error`) instead, counted and logged like every decision.
-    fn decide_or_fail_closed(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
-        let decided = std::panic::catch_unwind(AssertUnwindSafe(|| self.decide(snapshot, input)));
-        decided.unwrap_or_else(|_| {
-            tracing::error!("check panicked; answering deny (internal_error)");
-            Decision::deny(Denial::unavailable(Reason::InternalError))
-        })
+    fn decide_or_fail_closed(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        pass: &Pass,
+    ) -> Decision {
+        let decided =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.decide(snapshot, input, pass)));
+        decided.unwrap_or_else(|_| internal_error())
     }
 
-    fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
+    fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>, pass: &Pass) -> Decision {
         let request = match Request::new(input.host, input.method, input.path) {
             Ok(request) => request,
             Err(e) => return Decision::deny(Denial::invalid_request(&e)),
         };
         let now = request.now;
-        let credential = || self.credential(snapshot, input, now);
+        let credential = || self.credential(snapshot, input, now, pass);
         let pinned_rule = input.context.and_then(|c| c.get(CONTEXT_RULE));
         let decision = match pinned_rule {
             Some(rule_id) => authz::decide_with_rule(snapshot, &request, rule_id, credential),
@@ -183,7 +212,13 @@ impl Checker {
         decision
     }
 
-    fn credential(&self, snapshot: &Snapshot, input: &CheckInput<'_>, now: i64) -> Credential {
+    fn credential(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        now: i64,
+        pass: &Pass,
+    ) -> Credential {
         let value = match input.authorization {
             SingleHeader::Absent => None,
             SingleHeader::One(value) => Some(value),
@@ -205,7 +240,7 @@ impl Checker {
             SingleHeader::One(proof) if !proof.contains(',') => Some(proof),
             SingleHeader::One(_) | SingleHeader::Malformed => return Credential::MalformedDpop,
         };
-        match self.verify(snapshot, token) {
+        match self.verify_token(snapshot, token, pass) {
             // Plain bearer (the cached fast path): nothing to prove, nothing allocated.
             Credential::Valid(claims) if scheme == Scheme::Bearer && claims.cnf.is_none() => {
                 Credential::Valid(claims)
@@ -241,22 +276,9 @@ impl Checker {
             Err(e) => Credential::Invalid(TokenError::Binding(e)),
         }
     }
+}
 
-    fn verify(&self, snapshot: &Snapshot, token: &str) -> Credential {
-        let key = cache::digest(token);
-        if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation) {
-            self.metrics.check.cache_hits.inc();
-            return Credential::Valid(claims);
-        }
-        self.metrics.check.cache_misses.inc();
-        match snapshot.verifier.verify(token) {
-            Ok(claims) => {
-                let claims = Arc::new(claims);
-                self.cache
-                    .insert(key, claims.clone(), snapshot.verifier_generation);
-                Credential::Valid(claims)
-            }
-            Err(e) => Credential::Invalid(e),
-        }
-    }
+fn internal_error() -> Decision {
+    tracing::error!("check panicked; answering deny (internal_error)");
+    Decision::deny(Denial::unavailable(Reason::InternalError))
 }

@@ -6,6 +6,7 @@
 //! their flags in [`changes`].
 
 pub mod changes;
+pub mod idp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -220,6 +221,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub etcd: EtcdArgs,
+
+    #[command(flatten)]
+    pub idp: idp::IdpArgs,
 }
 
 /// TLS on the gRPC listener (the admin listener stays plain HTTP). The files are reloaded when
@@ -334,6 +338,7 @@ impl ServeArgs {
                     self.dpop_iat_window.into(),
                     self.dpop_replay_capacity,
                 )?,
+                introspection: self.idp.introspection(),
             },
             response: ResponseSettings {
                 realm: self.realm,
@@ -355,6 +360,8 @@ impl ServeArgs {
             },
             worker_threads: self.worker_threads.map(usize::from),
             drain_timeout: self.drain_timeout.into(),
+            keys: self.idp.keys()?,
+            keys_ready_timeout: self.idp.keys_ready_timeout.into(),
         })
     }
 }

@@ -17,8 +17,8 @@ use crate::changes::history::History;
 use crate::changes::verify::VerifyReport;
 use crate::changes::{self, ChangeError, Meta, Outcome, RecordKind, Repo};
 use crate::cli::changes::{
-    ApplyArgs, AuditCommand, Authorship, Common, DiffArgs, FormatArg, GetArgs, GcArgs,
-    HistoryArgs, LockdownCommand, LockdownOnArgs, OutputArg, RevocationsCommand, RollbackArgs,
+    ApplyArgs, AuditCommand, Authorship, Common, DiffArgs, FormatArg, GcArgs, GetArgs, HistoryArgs,
+    LockdownCommand, LockdownOnArgs, OutputArg, RevocationsCommand, RollbackArgs,
 };
 use crate::cli::RulesCommand;
 use crate::config::ConfigError;
@@ -129,7 +129,8 @@ fn run(output: OutputArg, command: impl Future<Output = Result<Report, Failure>>
         }
         (Err(failure), output) => {
             if output == OutputArg::Json {
-                let error = json!({"error": {"code": failure.code(), "message": failure.to_string()}});
+                let error =
+                    json!({"error": {"code": failure.code(), "message": failure.to_string()}});
                 println!("{}", pretty(&error));
             }
             eprintln!("scopegate: {failure}");
@@ -258,7 +259,11 @@ async fn get(args: GetArgs) -> Result<Report, Failure> {
         };
         eprintln!("scopegate: left out {}{key}: {why}", repo.prefix());
     }
-    eprintln!("scopegate: {} at revision {}", repo.prefix(), state.revision);
+    eprintln!(
+        "scopegate: {} at revision {}",
+        repo.prefix(),
+        state.revision
+    );
     Ok(Report::ok(text, Value::Null))
 }
 
@@ -354,7 +359,9 @@ fn describe_verify(report: &VerifyReport) -> String {
             report.records, report.digests_checked, report.oldest_revision
         ),
         Some(first) => {
-            let at = first.record.map_or(String::new(), |r| format!(", record {r}"));
+            let at = first
+                .record
+                .map_or(String::new(), |r| format!(", record {r}"));
             format!(
                 "audit verify: FAILED at revision {}{at}: {}\n",
                 first.revision, first.message
@@ -362,7 +369,10 @@ fn describe_verify(report: &VerifyReport) -> String {
         }
     };
     for problem in report.problems.iter().skip(1) {
-        text.push_str(&format!("  also at revision {}: {}\n", problem.revision, problem.message));
+        text.push_str(&format!(
+            "  also at revision {}: {}\n",
+            problem.revision, problem.message
+        ));
     }
     for note in &report.notes {
         text.push_str(&format!("  note: {note}\n"));
@@ -389,13 +399,26 @@ async fn lockdown_on(args: LockdownOnArgs) -> Result<Report, Failure> {
     };
     let value = spec.to_value(now)?;
     let mut repo = connect(&args.common).await?;
-    let meta = meta(RecordKind::Lockdown, &args.who, &format!("lockdown: {}", args.reason));
+    let meta = meta(
+        RecordKind::Lockdown,
+        &args.who,
+        &format!("lockdown: {}", args.reason),
+    );
     let outcome = repo.lockdown_on(&value, meta).await?;
     let text = match outcome.revision {
-        Some(revision) => format!("lockdown on at revision {revision}: {}\n", describe_lockdown(&value)),
-        None => format!("this lockdown is already set: {}\n", describe_lockdown(&value)),
+        Some(revision) => format!(
+            "lockdown on at revision {revision}: {}\n",
+            describe_lockdown(&value)
+        ),
+        None => format!(
+            "this lockdown is already set: {}\n",
+            describe_lockdown(&value)
+        ),
     };
-    Ok(Report::ok(text, json!({"outcome": outcome, "lockdown": value})))
+    Ok(Report::ok(
+        text,
+        json!({"outcome": outcome, "lockdown": value}),
+    ))
 }
 
 async fn lockdown_off(common: Common, meta: Meta) -> Result<Report, Failure> {
@@ -414,9 +437,12 @@ async fn lockdown_status(common: Common) -> Result<Report, Failure> {
     let text = match (&status.lockdown, &status.problem) {
         _ if !status.on => format!("lockdown: off (revision {})\n", status.revision),
         (Some(value), None) => {
-            let by = status.record.as_ref().map_or(String::from(" (set without a version record)"), |r| {
-                format!(", set by {} at {}", r.author, r.time)
-            });
+            let by = status
+                .record
+                .as_ref()
+                .map_or(String::from(" (set without a version record)"), |r| {
+                    format!(", set by {} at {}", r.author, r.time)
+                });
             format!(
                 "lockdown: ON since revision {}{by}: {}\n",
                 status.since_revision.unwrap_or(0),
@@ -435,10 +461,16 @@ async fn lockdown_status(common: Common) -> Result<Report, Failure> {
 fn describe_lockdown(value: &Value) -> String {
     let list = |name: &str| -> String {
         value[name].as_array().map_or("any".into(), |items| {
-            items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         })
     };
-    let bypass = value["bypass_scope"].as_str().unwrap_or("none (nobody passes)");
+    let bypass = value["bypass_scope"]
+        .as_str()
+        .unwrap_or("none (nobody passes)");
     let until = value["expires_at"]
         .as_i64()
         .map_or("until turned off".into(), |at| format!("until {at} (unix)"));
@@ -453,11 +485,20 @@ fn describe_lockdown(value: &Value) -> String {
 
 async fn gc(args: GcArgs) -> Result<Report, Failure> {
     let mut repo = connect(&args.common).await?;
-    let meta = meta(RecordKind::RevocationsGc, &args.who, "delete expired revocations");
-    let outcome = repo.gc_revocations(changes::now(), args.dry_run, meta).await?;
+    let meta = meta(
+        RecordKind::RevocationsGc,
+        &args.who,
+        "delete expired revocations",
+    );
+    let outcome = repo
+        .gc_revocations(changes::now(), args.dry_run, meta)
+        .await?;
     let mut text = match (outcome.revision, args.dry_run) {
         _ if outcome.deleted.is_empty() => "no expired revocations: nothing was written\n".into(),
-        (_, true) => format!("would delete {} expired revocation(s):\n", outcome.deleted.len()),
+        (_, true) => format!(
+            "would delete {} expired revocation(s):\n",
+            outcome.deleted.len()
+        ),
         (revision, false) => format!(
             "deleted {} expired revocation(s) at revision {}:\n",
             outcome.deleted.len(),

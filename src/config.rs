@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::check::DEFAULT_MAX_TOKEN_BYTES;
+pub use crate::grpc::{
+    DEFAULT_CLIENT_ID_HEADER, DEFAULT_REALM, DEFAULT_SCOPES_HEADER, DEFAULT_SUBJECT_HEADER,
+};
 pub use crate::token::dpop::{
     DEFAULT_IAT_WINDOW as DEFAULT_DPOP_IAT_WINDOW,
     DEFAULT_REPLAY_CAPACITY as DEFAULT_DPOP_REPLAY_CAPACITY,
-};
-pub use crate::grpc::{
-    DEFAULT_CLIENT_ID_HEADER, DEFAULT_REALM, DEFAULT_SCOPES_HEADER, DEFAULT_SUBJECT_HEADER,
 };
 
 use crate::check::CheckSettings;
@@ -22,6 +22,13 @@ use crate::grpc::ResponseSettings;
 use crate::store::etcd::{EtcdSettings, EtcdTls};
 use crate::telemetry::LogFormat;
 use crate::token::dpop::DpopSettings;
+pub use crate::token::introspect::{
+    IntrospectionSettings, DEFAULT_INTROSPECTION_CACHE_TTL, DEFAULT_INTROSPECTION_TIMEOUT,
+};
+pub use crate::token::remote::{
+    RemoteKeySettings, DEFAULT_FETCH_TIMEOUT, DEFAULT_KID_MISS_INTERVAL, DEFAULT_KID_MISS_WAIT,
+    DEFAULT_REFRESH_MAX, DEFAULT_REFRESH_MIN,
+};
 
 /// gRPC listen address (ext_authz and grpc.health.v1).
 pub const DEFAULT_LISTEN: SocketAddr = loopback(9191);
@@ -39,6 +46,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_ETCD_PREFIX: &str = "/scopegate/";
 /// Timeout for connecting to etcd and for each request.
 pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long readiness waits, from start-up, for every remote-key issuer to have keys.
+pub const DEFAULT_KEYS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +105,11 @@ pub struct Config {
     /// Runtime worker threads; `None`: one per CPU.
     pub worker_threads: Option<usize>,
     pub drain_timeout: Duration,
+    /// Remote keys (JWKS fetched from identity providers) and introspection requests.
+    pub keys: RemoteKeySettings,
+    /// Readiness waits this long for every remote-key issuer to have keys; after it, ready with
+    /// the issuers that have them (the others answer `unknown_key`).
+    pub keys_ready_timeout: Duration,
 }
 
 impl Config {
@@ -112,8 +126,32 @@ impl Config {
             log_format: LogFormat::Json,
             worker_threads: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            keys: RemoteKeySettings::default(),
+            keys_ready_timeout: DEFAULT_KEYS_READY_TIMEOUT,
         }
     }
+}
+
+/// Remote-key defaults from the flags: the refresh bounds must be ordered and positive.
+pub fn remote_key_settings(settings: RemoteKeySettings) -> Result<RemoteKeySettings, ConfigError> {
+    if settings.refresh_min < Duration::from_secs(1) {
+        return Err(ConfigError::Invalid(
+            "--jwks-refresh-min must be at least 1s".into(),
+        ));
+    }
+    if settings.refresh_min > settings.refresh_max {
+        return Err(ConfigError::Invalid(
+            "--jwks-refresh-min must not exceed --jwks-refresh-max".into(),
+        ));
+    }
+    let zero = [
+        ("--idp-timeout", settings.fetch_timeout),
+        ("--introspection-timeout", settings.introspection_timeout),
+    ];
+    if let Some((flag, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
+        return Err(ConfigError::Invalid(format!("{flag} must be positive")));
+    }
+    Ok(settings)
 }
 
 const fn loopback(port: u16) -> SocketAddr {
@@ -208,7 +246,10 @@ pub fn listener_tls(
 pub const MAX_DPOP_IAT_WINDOW: Duration = Duration::from_secs(300);
 
 /// DPoP settings from the flags: a window of 1 s to [`MAX_DPOP_IAT_WINDOW`].
-pub fn dpop_settings(iat_window: Duration, replay_capacity: u64) -> Result<DpopSettings, ConfigError> {
+pub fn dpop_settings(
+    iat_window: Duration,
+    replay_capacity: u64,
+) -> Result<DpopSettings, ConfigError> {
     if iat_window < Duration::from_secs(1) || iat_window > MAX_DPOP_IAT_WINDOW {
         return Err(ConfigError::Invalid(
             "--dpop-iat-window must be between 1s and 5m".into(),

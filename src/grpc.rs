@@ -67,8 +67,9 @@ impl AuthorizationService {
         }
     }
 
-    /// Decides one `CheckRequest` (what the gRPC method does, callable in-process).
-    pub fn check_request(&self, request: &CheckRequest) -> CheckResponse {
+    /// Decides one `CheckRequest` (what the gRPC method does, callable in-process). Awaits only
+    /// when the credential needs an identity provider (kid-miss refetch, introspection).
+    pub async fn check_request(&self, request: &CheckRequest) -> CheckResponse {
         let attributes = request.attributes.as_ref();
         let http = attributes
             .and_then(|a| a.request.as_ref())
@@ -92,7 +93,7 @@ impl AuthorizationService {
                 .filter(|pem| !pem.is_empty()),
             context: attributes.map(|a| &a.context_extensions),
         };
-        let outcome = self.checker.check(&input);
+        let outcome = self.checker.check(&input).await;
         build_response(&outcome, &self.settings, SentHeaders(Some(http)))
     }
 }
@@ -103,7 +104,7 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.check_request(request.get_ref())))
+        Ok(Response::new(self.check_request(request.get_ref()).await))
     }
 }
 

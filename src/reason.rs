@@ -55,6 +55,12 @@ pub enum Reason {
     InvalidClaims,
     /// The token, its subject or its client was revoked.
     TokenRevoked,
+    /// RFC 7662: the identity provider says the opaque token is not active (expired, revoked or
+    /// unknown to it).
+    TokenInactive,
+    /// RFC 7662: the identity provider could not be asked (error, timeout, unreadable answer):
+    /// fail closed, 503, never cached.
+    IntrospectionFailed,
     /// RFC 9449: the DPoP proof is missing, malformed, not for this request, stale or replayed.
     InvalidDpopProof,
     /// The token is sender-constrained (`cnf`), and the request does not prove it: wrong or no
@@ -102,6 +108,8 @@ impl Reason {
             | Reason::InvalidType
             | Reason::InvalidClaims
             | Reason::TokenRevoked
+            | Reason::TokenInactive
+            | Reason::IntrospectionFailed
             | Reason::InvalidDpopProof
             | Reason::BindingMismatch
             | Reason::BindingRequired

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::authz::scope::ScopeGraph;
 use crate::rules::matcher::RouteIndex;
 use crate::rules::{IssuedBefore, RuleSet};
-use crate::token::Verifier;
+use crate::token::{KeyFetcher, Verifier};
 pub use publish::{Publisher, Rejection, Rejections};
 
 static VERIFIER_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -55,14 +55,29 @@ impl Snapshot {
     /// Compiles a rule set. `previous` lets an unchanged issuer set keep its verifier (and so the
     /// verified-claims cache stays warm across route or revocation changes).
     pub fn build(rules: RuleSet, revision: i64, previous: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build_with_keys(rules, revision, previous, None)
+    }
+
+    /// [`Snapshot::build`], with `fetcher` starting the key tasks of new remote-key issuers
+    /// (those whose key spec is unchanged keep the previous snapshot's task and keys).
+    pub fn build_with_keys(
+        rules: RuleSet,
+        revision: i64,
+        previous: Option<&Snapshot>,
+        fetcher: Option<&KeyFetcher>,
+    ) -> Snapshot {
         let (verifier, verifier_generation) = match previous {
             Some(prev) if same_issuers(&prev.rules, &rules) => {
                 (prev.verifier.clone(), prev.verifier_generation)
             }
-            _ => (
-                Arc::new(Verifier::new(rules.issuers.values().cloned())),
-                VERIFIER_GENERATION.fetch_add(1, Ordering::Relaxed),
-            ),
+            _ => {
+                let issuers = rules.issuers.values().cloned();
+                let previous = previous.map(|p| &*p.verifier);
+                (
+                    Arc::new(Verifier::build(issuers, previous, fetcher)),
+                    VERIFIER_GENERATION.fetch_add(1, Ordering::Relaxed),
+                )
+            }
         };
         let revocations = Revocations {
             jti: rules
@@ -121,6 +136,9 @@ pub struct SnapshotStore {
     confirmed_at_ms: AtomicU64,
     revision: watch::Sender<i64>,
     rejected: ArcSwap<Rejections>,
+    /// Starts remote-key tasks for the issuers of published snapshots (`None`: keys are never
+    /// fetched, as in `rules validate`).
+    key_fetcher: Option<Arc<KeyFetcher>>,
 }
 
 impl Default for SnapshotStore {
@@ -130,6 +148,7 @@ impl Default for SnapshotStore {
             confirmed_at_ms: AtomicU64::new(0),
             revision: watch::channel(0).0,
             rejected: ArcSwap::from_pointee(Rejections::new()),
+            key_fetcher: None,
         }
     }
 }
@@ -137,6 +156,19 @@ impl Default for SnapshotStore {
 impl SnapshotStore {
     pub fn new() -> Arc<SnapshotStore> {
         Arc::new(SnapshotStore::default())
+    }
+
+    /// A store whose snapshots fetch remote keys with `fetcher`.
+    pub fn with_key_fetcher(fetcher: Arc<KeyFetcher>) -> Arc<SnapshotStore> {
+        Arc::new(SnapshotStore {
+            key_fetcher: Some(fetcher),
+            ..SnapshotStore::default()
+        })
+    }
+
+    /// What starts remote-key tasks for this store's snapshots.
+    pub fn key_fetcher(&self) -> Option<&KeyFetcher> {
+        self.key_fetcher.as_deref()
     }
 
     /// The snapshot to decide with; `None` until the first one is published.

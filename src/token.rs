@@ -3,12 +3,17 @@
 //! among keys of the matching type, verify signature, `iss`, `aud`, `exp`, `nbf` and `typ`, and
 //! return the [`Claims`] that the decision needs. `jku`, `x5u` and `jwk` headers are ignored;
 //! `crit` is refused (no extension is understood). [`binding`] and [`dpop`]: sender-constrained
-//! tokens (RFC 8705, RFC 9449), checked per request after verification.
+//! tokens (RFC 8705, RFC 9449), checked per request after verification. [`remote`]: keys
+//! fetched from the issuer (`jwks_uri`, OIDC discovery) in the background; [`introspect`]: opaque
+//! tokens (RFC 7662); [`fetch`]: the HTTPS client both use.
 
 pub mod binding;
 pub mod dpop;
+pub mod fetch;
+pub mod introspect;
 pub mod issuer;
 pub mod jwks;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +25,9 @@ use serde::Deserialize;
 pub use binding::{BindingError, Confirmation};
 pub use issuer::IssuerConfig;
 pub use jwks::VerificationKey;
+pub use remote::{KeyFetcher, KeyStamp, RemoteKeySettings, RemoteKeys};
+
+use introspect::Introspector;
 
 use crate::reason::Reason;
 use crate::rules::is_scope_token;
@@ -51,6 +59,10 @@ pub enum TokenError {
     InvalidClaims(String),
     #[error("binding: {0}")]
     Binding(BindingError),
+    #[error("introspection says the token is not active")]
+    Inactive,
+    #[error("introspection failed: {0}")]
+    IntrospectionFailed(String),
 }
 
 impl TokenError {
@@ -68,7 +80,15 @@ impl TokenError {
             TokenError::InvalidType(_) => Reason::InvalidType,
             TokenError::InvalidClaims(_) => Reason::InvalidClaims,
             TokenError::Binding(e) => e.reason(),
+            TokenError::Inactive => Reason::TokenInactive,
+            TokenError::IntrospectionFailed(_) => Reason::IntrospectionFailed,
         }
+    }
+
+    /// Not a verdict on the token: the identity provider could not be asked. Fail closed, as
+    /// "try again later" (503), so a client does not throw away a token that may be good.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, TokenError::IntrospectionFailed(_))
     }
 
     /// A short RFC 6750 `error_description` (only characters the grammar allows).
@@ -86,6 +106,8 @@ impl TokenError {
             TokenError::InvalidType(_) => "The access token type is not accepted",
             TokenError::InvalidClaims(_) => "The access token claims are invalid",
             TokenError::Binding(e) => e.description(),
+            TokenError::Inactive => "The access token is not active",
+            TokenError::IntrospectionFailed(_) => "The access token could not be checked",
         }
     }
 }
@@ -220,27 +242,117 @@ struct IssuerPeek {
     iss: Option<String>,
 }
 
-/// Verifies tokens against a set of issuers. Built once per snapshot; immutable.
+/// Verifies tokens against a set of issuers. Built once per snapshot; immutable (remote key sets
+/// are read through their own lock-free handles).
 #[derive(Debug, Default)]
 pub struct Verifier {
     by_issuer: HashMap<String, Arc<IssuerConfig>>,
+    /// Remote keys, by `iss`.
+    remote: HashMap<String, Arc<RemoteKeys>>,
+    /// Issuers that introspect opaque tokens, in name order.
+    introspectors: Vec<Arc<Introspector>>,
+}
+
+/// A verification and what the check path may do next.
+#[derive(Debug)]
+pub struct Verified {
+    pub result: Result<Claims, TokenError>,
+    /// The remote issuer's key epoch the claims were verified under (for the claims cache).
+    pub stamp: Option<KeyStamp>,
+    /// The token's `kid` is not in the remote issuer's set: a refetch may bring it.
+    pub kid_miss: Option<Arc<RemoteKeys>>,
 }
 
 impl Verifier {
+    /// Static keys only: remote-key issuers get no keys (nothing is fetched).
     pub fn new<I: IntoIterator<Item = Arc<IssuerConfig>>>(issuers: I) -> Verifier {
-        let by_issuer = issuers
+        Verifier::build(issuers, None, None)
+    }
+
+    /// A verifier for `issuers`. A remote-key issuer whose key spec is unchanged from
+    /// `previous` keeps its fetch task (no refetch on a snapshot rebuild); a new one is started
+    /// by `fetcher` (without one, it stays empty).
+    pub fn build<I: IntoIterator<Item = Arc<IssuerConfig>>>(
+        issuers: I,
+        previous: Option<&Verifier>,
+        fetcher: Option<&KeyFetcher>,
+    ) -> Verifier {
+        let by_issuer: HashMap<String, Arc<IssuerConfig>> = issuers
             .into_iter()
             .map(|cfg| (cfg.issuer.clone(), cfg))
             .collect();
-        Verifier { by_issuer }
+        let mut remote = HashMap::new();
+        for cfg in by_issuer.values() {
+            if let Some(spec) = &cfg.remote {
+                let reused = previous.and_then(|p| p.remote.values().find(|r| r.spec() == spec));
+                let keys = match (reused, fetcher) {
+                    (Some(keys), _) => keys.clone(),
+                    (None, Some(fetcher)) => Arc::new(fetcher.start(&cfg.name, spec)),
+                    (None, None) => Arc::new(RemoteKeys::inert(&cfg.name, spec)),
+                };
+                remote.insert(cfg.issuer.clone(), keys);
+            }
+        }
+        let introspectors = introspect::introspectors(&by_issuer, &remote, previous, fetcher);
+        Verifier {
+            by_issuer,
+            remote,
+            introspectors,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_issuer.is_empty()
     }
 
+    /// The remote key sets (readiness, age metrics).
+    pub fn remote_keys(&self) -> impl Iterator<Item = &Arc<RemoteKeys>> {
+        self.remote.values()
+    }
+
+    /// Whether every remote-key issuer has keys.
+    pub fn remote_keys_loaded(&self) -> bool {
+        self.remote.values().all(|r| r.is_loaded())
+    }
+
+    /// The issuers that introspect opaque tokens, in name order.
+    pub fn introspectors(&self) -> &[Arc<Introspector>] {
+        &self.introspectors
+    }
+
     /// Verifies a compact JWS token. The caller has already bounded its size.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_detailed(token).result
+    }
+
+    /// Verifies a compact JWS token, saying which key epoch it was verified under and whether
+    /// its `kid` is missing from a remote key set.
+    pub fn verify_detailed(&self, token: &str) -> Verified {
+        let (issuer, header) = match self.issuer_of(token) {
+            Ok(found) => found,
+            Err(e) => return Verified::failed(e),
+        };
+        let Some(remote) = self.remote.get(&issuer.issuer) else {
+            return Verified::failed_or(verify_with_issuer(issuer, &issuer.keys, &header, token));
+        };
+        // The epoch first, then the keys: a key removed in between makes the stamp stale.
+        let stamp = remote.stamp();
+        let set = remote.keys();
+        let result = verify_with_issuer(issuer, &set.keys, &header, token);
+        let kid_miss = match (&result, header.kid.as_deref()) {
+            (Err(TokenError::UnknownKey { .. } | TokenError::InvalidSignature), Some(kid)) => {
+                (!set.keys.iter().any(|k| k.kid.as_deref() == Some(kid))).then(|| remote.clone())
+            }
+            _ => None,
+        };
+        Verified {
+            result,
+            stamp: Some(stamp),
+            kid_miss,
+        }
+    }
+
+    fn issuer_of(&self, token: &str) -> Result<(&IssuerConfig, Header), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(malformed)?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed("crit header is not supported".into()));
@@ -254,12 +366,27 @@ impl Verifier {
             .by_issuer
             .get(&iss)
             .ok_or_else(|| TokenError::UnknownIssuer(iss.clone()))?;
-        verify_with_issuer(issuer, &header, token)
+        Ok((issuer, header))
+    }
+}
+
+impl Verified {
+    fn failed(e: TokenError) -> Verified {
+        Verified::failed_or(Err(e))
+    }
+
+    fn failed_or(result: Result<Claims, TokenError>) -> Verified {
+        Verified {
+            result,
+            stamp: None,
+            kid_miss: None,
+        }
     }
 }
 
 fn verify_with_issuer(
     issuer: &IssuerConfig,
+    issuer_keys: &[VerificationKey],
     header: &Header,
     token: &str,
 ) -> Result<Claims, TokenError> {
@@ -277,9 +404,8 @@ fn verify_with_issuer(
     // (HMAC secrets have none), never by a key with another kid. No kid: every key of the type.
     let kid = header.kid.as_deref();
     let kid_is_known =
-        kid.is_some_and(|kid| issuer.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
-    let mut keys = issuer
-        .keys
+        kid.is_some_and(|kid| issuer_keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+    let mut keys = issuer_keys
         .iter()
         .filter(|k| {
             k.allows(alg)
@@ -301,12 +427,7 @@ fn verify_with_issuer(
         match jsonwebtoken::decode::<RawClaims>(token, &key.key, validation) {
             Ok(data) => {
                 let claims = Claims::from_raw(data.claims, issuer.leeway_seconds)?;
-                return match issuer.require_binding {
-                    Some(required) if !binding::satisfies(claims.cnf.as_ref(), required) => {
-                        Err(TokenError::Binding(BindingError::Required(required)))
-                    }
-                    _ => Ok(claims),
-                };
+                return issuer_binding(issuer, claims);
             }
             Err(e) => {
                 last = map_error(e.kind());
@@ -317,6 +438,16 @@ fn verify_with_issuer(
         }
     }
     Err(last)
+}
+
+/// The issuer's `require_binding`, for JWT and introspected claims alike.
+fn issuer_binding(issuer: &IssuerConfig, claims: Claims) -> Result<Claims, TokenError> {
+    match issuer.require_binding {
+        Some(required) if !binding::satisfies(claims.cnf.as_ref(), required) => {
+            Err(TokenError::Binding(BindingError::Required(required)))
+        }
+        _ => Ok(claims),
+    }
 }
 
 /// RFC 9068 §4: `at+jwt` may also be written `application/at+jwt`; compared case-insensitively.

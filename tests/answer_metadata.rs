@@ -133,6 +133,16 @@ async fn an_allow_carries_decision_rule_revision_and_the_verified_identity() {
     assert_ne!(metadata(&again)["decision_id"], json!(id));
 }
 
+/// (path, headers, HTTP status, reason, rule_id, subject)
+type Case<'a> = (
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u32,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 #[tokio::test]
 async fn every_denial_carries_metadata_matching_the_body_and_header() {
     let mut s = TestServer::with_rules(&rules(), &[]).await;
@@ -140,15 +150,7 @@ async fn every_denial_carries_metadata_matching_the_body_and_header() {
     expired["exp"] = json!(tokens::now() - 3600);
     let expired = format!("Bearer {}", sign(jsonwebtoken::Algorithm::RS256, &expired));
     let weak = format!("Bearer {}", token("carol", "profile"));
-    // (path, headers, status, reason, rule_id, subject)
-    let cases: Vec<(
-        &str,
-        Vec<(&str, &str)>,
-        u32,
-        &str,
-        Option<&str>,
-        Option<&str>,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "/orders/1",
             vec![],

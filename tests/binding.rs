@@ -126,7 +126,11 @@ fn assert_allowed(a: &Answer, subject: &str, what: &str) {
 /// Status, reason code, exact `WWW-Authenticate`, and the body's error code.
 fn assert_denied(a: &Answer, status: u16, reason: &str, challenge: &str, what: &str) {
     assert_eq!(
-        (a.status, a.reason().as_deref(), a.header("www-authenticate")),
+        (
+            a.status,
+            a.reason().as_deref(),
+            a.header("www-authenticate")
+        ),
         (status, Some(reason), Some(challenge)),
         "{what}: {a:?}"
     );
@@ -220,7 +224,13 @@ async fn wrong_htm_or_htu_is_an_invalid_proof() {
         ..Sent::default()
     };
     let a = s.check_with(request("GET", "/orders/1", sent)).await;
-    assert_denied(&a, 401, "invalid_dpop_proof", &proof_error(htu), "http scheme");
+    assert_denied(
+        &a,
+        401,
+        "invalid_dpop_proof",
+        &proof_error(htu),
+        "http scheme",
+    );
 }
 
 #[tokio::test]
@@ -238,7 +248,13 @@ async fn iat_outside_the_window_is_an_invalid_proof() {
     for offset in [-50, 50] {
         let mut claims = proof_claims("GET", HTU, &t);
         claims["iat"] = json!(tokens::now() + offset);
-        let a = send_dpop(&mut s, "/orders/1", &t, &key.proof_with(&key.header(), &claims)).await;
+        let a = send_dpop(
+            &mut s,
+            "/orders/1",
+            &t,
+            &key.proof_with(&key.header(), &claims),
+        )
+        .await;
         assert_allowed(&a, "alice", &format!("iat {offset:+}s"));
     }
     // The window is a flag.
@@ -275,7 +291,13 @@ async fn wrong_or_missing_ath_is_an_invalid_proof() {
     assert_proof_refused(&mut s, &t, &key.proof("GET", HTU, &other), description).await;
     let mut claims = proof_claims("GET", HTU, &t);
     claims["ath"] = json!(ath(&t).to_uppercase());
-    assert_proof_refused(&mut s, &t, &key.proof_with(&key.header(), &claims), description).await;
+    assert_proof_refused(
+        &mut s,
+        &t,
+        &key.proof_with(&key.header(), &claims),
+        description,
+    )
+    .await;
     let claims_description = "The DPoP proof claims are missing or invalid";
     for field in ["ath", "jti", "htm", "htu", "iat"] {
         let mut claims = proof_claims("GET", HTU, &t);
@@ -297,7 +319,13 @@ async fn a_proof_by_another_key_is_refused() {
     // A valid proof, but its key is not the one the token is bound to (cnf.jkt).
     let a = send_dpop(&mut s, "/orders/1", &t, &thief.proof("GET", HTU, &t)).await;
     let description = "The DPoP proof key does not match the access token";
-    assert_denied(&a, 401, "binding_mismatch", &dpop_token_error(description), "thief's key");
+    assert_denied(
+        &a,
+        401,
+        "binding_mismatch",
+        &dpop_token_error(description),
+        "thief's key",
+    );
     // The victim's jwk in the header, signed by the thief: the signature does not verify.
     let forged = thief.proof_with(&key.header(), &proof_claims("GET", HTU, &t));
     assert_proof_refused(&mut s, &t, &forged, "The DPoP proof signature is invalid").await;
@@ -320,7 +348,13 @@ async fn a_dpop_bound_token_sent_as_bearer_is_refused() {
             ..Sent::default()
         };
         let a = s.check_with(request("GET", "/orders/1", sent)).await;
-        assert_denied(&a, 401, "binding_mismatch", &dpop_token_error(description), "as Bearer");
+        assert_denied(
+            &a,
+            401,
+            "binding_mismatch",
+            &dpop_token_error(description),
+            "as Bearer",
+        );
     }
     // No proof with the DPoP scheme.
     let sent = Sent {
@@ -334,7 +368,13 @@ async fn a_dpop_bound_token_sent_as_bearer_is_refused() {
     let plain = token("bob", "orders:read");
     let a = send_dpop(&mut s, "/orders/1", &plain, &key.proof("GET", HTU, &plain)).await;
     let unbound = dpop_token_error("The access token is not DPoP-bound");
-    assert_denied(&a, 401, "binding_mismatch", &unbound, "unbound token, DPoP scheme");
+    assert_denied(
+        &a,
+        401,
+        "binding_mismatch",
+        &unbound,
+        "unbound token, DPoP scheme",
+    );
 }
 
 #[tokio::test]
@@ -450,7 +490,11 @@ async fn a_certificate_bound_token_needs_its_certificate() {
         ..Sent::default()
     };
     let a = s
-        .check_with(request("GET", "/orders/1", with_cert(Some(right.url_encoded()))))
+        .check_with(request(
+            "GET",
+            "/orders/1",
+            with_cert(Some(right.url_encoded())),
+        ))
         .await;
     assert_allowed(&a, "alice", "right certificate");
     let cases = [
@@ -501,12 +545,24 @@ async fn a_token_bound_both_ways_needs_both_proofs() {
             ..Sent::default()
         }
     }
-    let a = s.check_with(request("GET", "/orders/1", sent(&t, None, &proof))).await;
+    let a = s
+        .check_with(request("GET", "/orders/1", sent(&t, None, &proof)))
+        .await;
     let missing = "The access token is bound to a client certificate that was not presented";
-    assert_denied(&a, 401, "binding_mismatch", &bearer_token_error(missing), "no cert");
+    assert_denied(
+        &a,
+        401,
+        "binding_mismatch",
+        &bearer_token_error(missing),
+        "no cert",
+    );
     // That proof was not remembered (the certificate failed first): usable with the cert.
     let a = s
-        .check_with(request("GET", "/orders/1", sent(&t, Some(cert.url_encoded()), &proof)))
+        .check_with(request(
+            "GET",
+            "/orders/1",
+            sent(&t, Some(cert.url_encoded()), &proof),
+        ))
         .await;
     assert_allowed(&a, "alice", "both");
 }
@@ -525,10 +581,22 @@ async fn require_binding_on_a_route_refuses_plain_bearer_tokens() {
     // dpop route: a plain bearer token, no token, an mTLS-bound token.
     let a = s.check("GET", HOST, "/payments/1", Some(&plain)).await;
     let required = dpop_token_error("A DPoP-bound access token is required");
-    assert_denied(&a, 401, "binding_required", &required, "plain on dpop route");
+    assert_denied(
+        &a,
+        401,
+        "binding_required",
+        &required,
+        "plain on dpop route",
+    );
     let a = s.check("GET", HOST, "/payments/1", None).await;
     let challenge = format!("DPoP algs=\"{ALGS}\"");
-    assert_denied(&a, 401, "missing_credential", &challenge, "nothing on dpop route");
+    assert_denied(
+        &a,
+        401,
+        "missing_credential",
+        &challenge,
+        "nothing on dpop route",
+    );
     let sent = Sent {
         authorization: bearer(&mtls),
         certificate: Some(cert.url_encoded()),
@@ -543,7 +611,13 @@ async fn require_binding_on_a_route_refuses_plain_bearer_tokens() {
     // mtls route.
     let a = s.check("GET", HOST, "/certs/1", Some(&plain)).await;
     let required = bearer_token_error("A certificate-bound access token is required");
-    assert_denied(&a, 401, "binding_required", &required, "plain on mtls route");
+    assert_denied(
+        &a,
+        401,
+        "binding_required",
+        &required,
+        "plain on mtls route",
+    );
     let proof = key.proof("GET", &htu("/certs/1"), &dpop);
     let a = send_dpop(&mut s, "/certs/1", &dpop, &proof).await;
     assert_denied(&a, 401, "binding_required", &required, "dpop on mtls route");
@@ -568,8 +642,15 @@ async fn require_binding_on_a_route_refuses_plain_bearer_tokens() {
     let a = s.check("GET", HOST, "/orders/1", Some(&plain)).await;
     assert_allowed(&a, "bob", "plain on open route");
     let a = s.check("GET", HOST, "/orders/1", Some(&dpop)).await;
-    let as_bearer = dpop_token_error("The DPoP-bound access token must be sent with the DPoP scheme");
-    assert_denied(&a, 401, "binding_mismatch", &as_bearer, "bound token on open route");
+    let as_bearer =
+        dpop_token_error("The DPoP-bound access token must be sent with the DPoP scheme");
+    assert_denied(
+        &a,
+        401,
+        "binding_mismatch",
+        &as_bearer,
+        "bound token on open route",
+    );
 }
 
 #[tokio::test]
@@ -581,7 +662,13 @@ async fn require_binding_on_an_issuer_refuses_its_plain_bearer_tokens() {
     let plain = tokens::sign(jsonwebtoken::Algorithm::RS256, &claims);
     let a = s.check("GET", HOST, "/orders/1", Some(&plain)).await;
     let required = dpop_token_error("A DPoP-bound access token is required");
-    assert_denied(&a, 401, "binding_required", &required, "strict issuer, plain token");
+    assert_denied(
+        &a,
+        401,
+        "binding_required",
+        &required,
+        "strict issuer, plain token",
+    );
     claims["cnf"] = json!({"jkt": key.thumbprint()});
     let bound = tokens::sign(jsonwebtoken::Algorithm::RS256, &claims);
     let a = send_dpop(&mut s, "/orders/1", &bound, &key.proof("GET", HTU, &bound)).await;
@@ -592,10 +679,21 @@ async fn require_binding_on_an_issuer_refuses_its_plain_bearer_tokens() {
 async fn a_confirmation_method_scopegate_cannot_verify_is_refused() {
     let mut s = server().await;
     let key = DpopKey::es256();
-    for cnf in [json!({"jwk": key.jwk}), json!({"kid": "k1"}), json!({}), json!("jkt")] {
+    for cnf in [
+        json!({"jwk": key.jwk}),
+        json!({"kid": "k1"}),
+        json!({}),
+        json!("jkt"),
+    ] {
         let t = binding::bound_token("alice", "orders:read", cnf.clone());
         let a = s.check("GET", HOST, "/orders/1", Some(&t)).await;
         let description = "The access token confirmation method is not supported";
-        assert_denied(&a, 401, "binding_mismatch", &bearer_token_error(description), &cnf.to_string());
+        assert_denied(
+            &a,
+            401,
+            "binding_mismatch",
+            &bearer_token_error(description),
+            &cnf.to_string(),
+        );
     }
 }

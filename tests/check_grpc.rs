@@ -1,5 +1,11 @@
 //! The check path over real gRPC (in-process server on port 0): every answer kind, upstream
 //! headers, dry-run, revocations, context extensions, health, and hot reload of the rules file.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 mod support;
 

@@ -1,6 +1,12 @@
 //! Security issue regressions over real gRPC: what the upstream is told (never an identity or
 //! a scope that did not pass), credentials that are ambiguous, methods upstreams fold, tokens
 //! whose claims would escape revocations, and paths that are not in normal form (pinned or not).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 mod support;
 

@@ -1,6 +1,12 @@
 //! The etcd source against a real etcd (started by the test on free loopback ports): initial
 //! load, every key kind, atomic transactions, per-key rejection, crash and restart, compaction
 //! while disconnected, TLS with client certificates, and the staleness bound.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 mod support;
 

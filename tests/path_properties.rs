@@ -3,6 +3,12 @@
 //! reference reading of the path (RFC 3986, merge-slashes-then-RFC 3986, Tomcat, decode-first)
 //! would apply, or scopegate refuses the request. Also: the normaliser never panics, is
 //! idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 mod support;
 

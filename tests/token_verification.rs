@@ -1,5 +1,11 @@
 //! Token verification against RFC 8725 attacks and RFC 9068 rules, through the public
 //! `Verifier` with the demo keys.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
+)]
 
 mod support;
 

@@ -3,7 +3,9 @@
 //! token carries the bypass scope. A denial stays exactly the denial it was; a dry-run allow of a
 //! request the rule would have denied is denied (a lockdown is never shadowed by dry run).
 
-use super::{Challenge, Credential, Decision, Denial, DenyStatus, LazyCredential, Request, Verdict};
+use super::{
+    Challenge, Credential, Decision, Denial, DenyStatus, LazyCredential, Request, Verdict,
+};
 use crate::reason::Reason;
 use crate::rules::{Lockdown, Requirement};
 use crate::store::Snapshot;
@@ -19,8 +21,7 @@ pub(super) fn tighten<F: FnOnce() -> Credential>(
         return decision;
     };
     let route_id = decision.rule.as_ref().map(|r| r.id.as_str());
-    if !lockdown.in_force(request.now)
-        || !lockdown.covers(&request.host, &request.method, route_id)
+    if !lockdown.in_force(request.now) || !lockdown.covers(&request.host, &request.method, route_id)
     {
         return decision;
     }
@@ -122,7 +123,11 @@ mod tests {
             json!({"methods":["POST"],"bypass_scope":"incident:bypass","reason":"INC-1"}),
             false,
         );
-        assert_eq!(reason(&s, "GET", "/w", token(&["w"])), Reason::Allowed, "not covered");
+        assert_eq!(
+            reason(&s, "GET", "/w", token(&["w"])),
+            Reason::Allowed,
+            "not covered"
+        );
         assert_eq!(reason(&s, "POST", "/w", token(&["w"])), Reason::Lockdown);
         assert_eq!(
             reason(&s, "POST", "/w", token(&["w", "incident:bypass"])),
@@ -133,8 +138,14 @@ mod tests {
             Reason::InsufficientScope,
             "the bypass scope never replaces the rule's own scope"
         );
-        assert_eq!(reason(&s, "POST", "/w", Credential::Absent), Reason::MissingCredential);
-        assert_eq!(reason(&s, "POST", "/open", Credential::Absent), Reason::Lockdown);
+        assert_eq!(
+            reason(&s, "POST", "/w", Credential::Absent),
+            Reason::MissingCredential
+        );
+        assert_eq!(
+            reason(&s, "POST", "/open", Credential::Absent),
+            Reason::Lockdown
+        );
         assert_eq!(
             reason(&s, "POST", "/open", token(&["incident:bypass"])),
             Reason::Public

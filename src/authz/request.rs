@@ -516,8 +516,14 @@ mod tests {
             access_token(Some("DPoP abc.def.ghi")),
             Ok(Some((Scheme::Dpop, "abc.def.ghi")))
         );
-        assert_eq!(access_token(Some("dpop abc")), Ok(Some((Scheme::Dpop, "abc"))));
-        assert_eq!(access_token(Some("Bearer abc")), Ok(Some((Scheme::Bearer, "abc"))));
+        assert_eq!(
+            access_token(Some("dpop abc")),
+            Ok(Some((Scheme::Dpop, "abc")))
+        );
+        assert_eq!(
+            access_token(Some("Bearer abc")),
+            Ok(Some((Scheme::Bearer, "abc")))
+        );
         // A DPoP credential is not a bearer credential.
         assert_eq!(bearer_token(Some("DPoP abc")), Ok(None));
         for bad in ["DPoP", "DPoP a b", "DPoP a,DPoP b"] {

@@ -138,10 +138,13 @@ pub fn plan_apply(base: State, desired: &Entries, prune: bool, now: i64) -> Plan
             .base
             .keys
             .iter()
-            .filter(|(key, stored)| !desired.contains_key(*key) && prunable(key, &stored.value, now))
+            .filter(|(key, stored)| {
+                !desired.contains_key(*key) && prunable(key, &stored.value, now)
+            })
             .map(|(key, _)| key.clone())
             .collect();
-        plan.ops.extend(gone.into_iter().map(|key| (key, Op::Delete)));
+        plan.ops
+            .extend(gone.into_iter().map(|key| (key, Op::Delete)));
     }
     plan
 }
@@ -166,7 +169,8 @@ pub fn plan_rollback(now: State, target: &State) -> Plan {
         .filter(|k| restorable(k) && !target.keys.contains_key(*k))
         .cloned()
         .collect();
-    plan.ops.extend(created.into_iter().map(|key| (key, Op::Delete)));
+    plan.ops
+        .extend(created.into_iter().map(|key| (key, Op::Delete)));
     plan
 }
 
@@ -258,7 +262,10 @@ mod tests {
         desired.insert("routes/new".into(), json!({"z": 1, "y": [1]}));
         let plan = plan_apply(base.clone(), &desired, false, 50);
         assert_eq!(plan.ops.len(), 1);
-        assert_eq!(plan.ops["routes/new"], Op::Put(br#"{"y":[1],"z":1}"#.to_vec()));
+        assert_eq!(
+            plan.ops["routes/new"],
+            Op::Put(br#"{"y":[1],"z":1}"#.to_vec())
+        );
         let pruned = plan_apply(base, &desired, true, 50);
         let deleted: Vec<&str> = pruned
             .ops

@@ -43,8 +43,13 @@ impl LockdownSpec {
         if let Some(at) = self.expires_at {
             value["expires_at"] = json!(at);
         }
-        Entry::parse(EntryKind::Lockdown, "", &value, ParseContext { base_dir: None })
-            .map_err(|e| ChangeError::Invalid(vec![e]))?;
+        Entry::parse(
+            EntryKind::Lockdown,
+            "",
+            &value,
+            ParseContext { base_dir: None },
+        )
+        .map_err(|e| ChangeError::Invalid(vec![e]))?;
         Ok(value)
     }
 }
@@ -134,7 +139,8 @@ impl Repo {
             .filter(|(k, s)| k.starts_with("revoked/") && revocation_expired(&s.value, now))
             .map(|(k, _)| k.clone())
             .collect();
-        plan.ops.extend(expired.into_iter().map(|k| (k, Op::Delete)));
+        plan.ops
+            .extend(expired.into_iter().map(|k| (k, Op::Delete)));
         if dry_run {
             let mut outcome = self.commit(Plan::new(plan.base.clone()), meta).await?;
             outcome.deleted = plan.ops.keys().cloned().collect();

@@ -181,13 +181,20 @@ mod tests {
         ]);
         let d = diff(&from, &to);
         let keys: Vec<(&str, Action)> = d.iter().map(|c| (c.key.as_str(), c.action)).collect();
-        assert_eq!(keys, [("routes/b", Action::Deleted), ("routes/c", Action::Added)]);
+        assert_eq!(
+            keys,
+            [("routes/b", Action::Deleted), ("routes/c", Action::Added)]
+        );
     }
 
     #[test]
     fn line_diff_keeps_common_lines() {
-        let a: Vec<String> = ["{", "  \"a\": 1,", "  \"b\": 2", "}"].map(String::from).into();
-        let b: Vec<String> = ["{", "  \"a\": 1,", "  \"b\": 3", "}"].map(String::from).into();
+        let a: Vec<String> = ["{", "  \"a\": 1,", "  \"b\": 2", "}"]
+            .map(String::from)
+            .into();
+        let b: Vec<String> = ["{", "  \"a\": 1,", "  \"b\": 3", "}"]
+            .map(String::from)
+            .into();
         let signs: String = line_diff(&a, &b).iter().map(|(s, _)| *s).collect();
         assert_eq!(signs, "  -+ ");
         let text = render(&[KeyDiff {
@@ -197,6 +204,9 @@ mod tests {
             to: Some(json!({"a": 1, "b": 3})),
         }]);
         assert!(text.starts_with("~ routes/a\n"), "{text}");
-        assert!(text.contains("    -   \"b\": 2\n    +   \"b\": 3\n"), "{text}");
+        assert!(
+            text.contains("    -   \"b\": 2\n    +   \"b\": 3\n"),
+            "{text}"
+        );
     }
 }

@@ -65,24 +65,33 @@ impl Repo {
         let Some(last) = self.last_change(from, to).await? else {
             return Ok(Vec::new());
         };
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from);
-        let mut stream = self.client.watch(self.prefix.as_str(), Some(options)).await?;
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut stream = self
+            .client
+            .watch(self.prefix.as_str(), Some(options))
+            .await?;
         let mut events = Vec::new();
         let read = tokio::time::timeout(HISTORY_TIMEOUT, async {
             loop {
-                let response = stream.message().await?.ok_or(ChangeError::HistoryIncomplete)?;
+                let response = stream
+                    .message()
+                    .await?
+                    .ok_or(ChangeError::HistoryIncomplete)?;
                 if response.compact_revision() > 0 {
                     let oldest = response.compact_revision();
-                    return Err(ChangeError::Compacted { requested: from, oldest });
+                    return Err(ChangeError::Compacted {
+                        requested: from,
+                        oldest,
+                    });
                 }
                 if response.canceled() {
                     return Err(ChangeError::HistoryIncomplete);
                 }
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
-                    let Some(key) = self.relative(kv.key()) else { continue };
+                    let Some(key) = self.relative(kv.key()) else {
+                        continue;
+                    };
                     if kv.mod_revision() <= last {
                         events.push(to_event(key, event.event_type(), kv));
                     }
@@ -230,10 +239,13 @@ pub fn versions(records: &[StoredRecord], events: &[Event]) -> Vec<Version> {
     for event in events {
         let creates_record = parse_record_key(&event.key).is_some() && event.version == 1;
         if !creates_record {
-            from_events.entry(event.revision).or_default().push(HistoryChange {
-                key: event.key.clone(),
-                action: event.action,
-            });
+            from_events
+                .entry(event.revision)
+                .or_default()
+                .push(HistoryChange {
+                    key: event.key.clone(),
+                    action: event.action,
+                });
         }
     }
     for (revision, changes) in from_events {

@@ -32,7 +32,11 @@ pub struct State {
 impl State {
     /// The rule-set digest ([`crate::rules::digest`]) of this state.
     pub fn digest(&self) -> String {
-        digest_of(self.keys.iter().map(|(k, v)| (k.as_str(), v.value.as_slice())))
+        digest_of(
+            self.keys
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.value.as_slice())),
+        )
     }
 
     /// The keys as rules-document entries; keys whose value is not JSON are returned apart.
@@ -58,11 +62,13 @@ pub fn digest_of<'a>(values: impl Iterator<Item = (&'a str, &'a [u8])>) -> Strin
 }
 
 fn is_compacted(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("required revision has been compacted")
+    e.to_string()
+        .contains("required revision has been compacted")
 }
 
 fn is_future(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("required revision is a future revision")
+    e.to_string()
+        .contains("required revision is a future revision")
 }
 
 impl Repo {
@@ -70,7 +76,10 @@ impl Repo {
     pub async fn current_revision(&mut self) -> Result<i64, ChangeError> {
         let response = self
             .client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_keys_only().with_limit(1)))
+            .get(
+                self.prefix.as_str(),
+                Some(GetOptions::new().with_keys_only().with_limit(1)),
+            )
             .await?;
         Ok(response.header().map_or(0, |h| h.revision()))
     }
@@ -166,7 +175,10 @@ impl Repo {
         let (mut readable, mut compacted) = (self.current_revision().await?, 0_i64);
         while readable - compacted > 1 {
             let mid = compacted + (readable - compacted) / 2;
-            let options = GetOptions::new().with_keys_only().with_limit(1).with_revision(mid);
+            let options = GetOptions::new()
+                .with_keys_only()
+                .with_limit(1)
+                .with_revision(mid);
             match self.client.get(self.prefix.as_str(), Some(options)).await {
                 Ok(_) => readable = mid,
                 Err(e) if is_compacted(&e) => compacted = mid,

@@ -68,7 +68,10 @@ impl Repo {
         let deleted = deleted_records(&events, &records, &mut findings);
         check_chain(&records, &deleted, &mut findings);
         let mut digests_checked = 0;
-        for stored in records.iter().filter(|r| r.create_revision >= oldest_revision) {
+        for stored in records
+            .iter()
+            .filter(|r| r.create_revision >= oldest_revision)
+        {
             let Ok(record) = &stored.record else { continue };
             let state = self.read(Some(stored.create_revision)).await?;
             check_at_revision(stored.seq, record, &state, &events, &mut findings);
@@ -109,7 +112,9 @@ fn check_chain(records: &[StoredRecord], deleted: &BTreeSet<u64>, f: &mut Findin
     let mut previous: Option<&StoredRecord> = None;
     for stored in records {
         let at = stored.create_revision;
-        let missing: Vec<u64> = (expected..stored.seq).filter(|s| !deleted.contains(s)).collect();
+        let missing: Vec<u64> = (expected..stored.seq)
+            .filter(|s| !deleted.contains(s))
+            .collect();
         if let Some(first) = missing.first() {
             f.problem(at, Some(*first), format!("record {first} is missing"));
         }
@@ -121,7 +126,11 @@ fn check_chain(records: &[StoredRecord], deleted: &BTreeSet<u64>, f: &mut Findin
             f.problem(at, Some(stored.seq), message);
         }
         match &stored.record {
-            Err(e) => f.problem(at, Some(stored.seq), format!("record {} is not a version record: {e}", stored.seq)),
+            Err(e) => f.problem(
+                at,
+                Some(stored.seq),
+                format!("record {} is not a version record: {e}", stored.seq),
+            ),
             Ok(record) => check_link(stored, record, previous, f),
         }
         previous = Some(stored);
@@ -129,12 +138,23 @@ fn check_chain(records: &[StoredRecord], deleted: &BTreeSet<u64>, f: &mut Findin
     }
 }
 
-fn check_link(stored: &StoredRecord, record: &VersionRecord, previous: Option<&StoredRecord>, f: &mut Findings) {
+fn check_link(
+    stored: &StoredRecord,
+    record: &VersionRecord,
+    previous: Option<&StoredRecord>,
+    f: &mut Findings,
+) {
     let (seq, at) = (stored.seq, stored.create_revision);
     if record.seq != seq {
-        f.problem(at, Some(seq), format!("record {seq} says it is record {}", record.seq));
+        f.problem(
+            at,
+            Some(seq),
+            format!("record {seq} says it is record {}", record.seq),
+        );
     }
-    let expected_prev = previous.filter(|p| p.seq + 1 == seq).map(StoredRecord::hash);
+    let expected_prev = previous
+        .filter(|p| p.seq + 1 == seq)
+        .map(StoredRecord::hash);
     let chained = match (&record.prev, &expected_prev) {
         (None, None) => seq == 1,
         (Some(prev), Some(expected)) => prev == expected,
@@ -152,7 +172,13 @@ fn check_link(stored: &StoredRecord, record: &VersionRecord, previous: Option<&S
 }
 
 /// The rule set at the record's revision has its digest; the record lists that revision's keys.
-fn check_at_revision(seq: u64, record: &VersionRecord, state: &State, events: &[Event], f: &mut Findings) {
+fn check_at_revision(
+    seq: u64,
+    record: &VersionRecord,
+    state: &State,
+    events: &[Event],
+    f: &mut Findings,
+) {
     let at = state.revision;
     let digest = state.digest();
     if digest != record.digest {
@@ -165,16 +191,31 @@ fn check_at_revision(seq: u64, record: &VersionRecord, state: &State, events: &[
     let happened: BTreeSet<(String, bool, Option<String>)> = events
         .iter()
         .filter(|e| e.revision == at && parse_record_key(&e.key).is_none())
-        .map(|e| (e.key.clone(), e.action == Action::Deleted, e.value.as_deref().map(value_sha256)))
+        .map(|e| {
+            (
+                e.key.clone(),
+                e.action == Action::Deleted,
+                e.value.as_deref().map(value_sha256),
+            )
+        })
         .collect();
     let listed: BTreeSet<(String, bool, Option<String>)> = record
         .changes
         .iter()
-        .map(|c| (c.key.clone(), c.action == Action::Deleted, c.value_sha256.clone()))
+        .map(|c| {
+            (
+                c.key.clone(),
+                c.action == Action::Deleted,
+                c.value_sha256.clone(),
+            )
+        })
         .collect();
     if happened != listed {
         let keys = |set: &BTreeSet<(String, bool, Option<String>)>| -> String {
-            set.iter().map(|(k, _, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            set.iter()
+                .map(|(k, _, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let message = format!(
             "record {seq} lists [{}] but revision {at} changed [{}]",
@@ -186,18 +227,30 @@ fn check_at_revision(seq: u64, record: &VersionRecord, state: &State, events: &[
 }
 
 /// Revisions that changed keys without a record. Returns the revisions that changed the rule set.
-fn check_unrecorded(records: &[StoredRecord], events: &[Event], strict: bool, f: &mut Findings) -> Vec<i64> {
+fn check_unrecorded(
+    records: &[StoredRecord],
+    events: &[Event],
+    strict: bool,
+    f: &mut Findings,
+) -> Vec<i64> {
     let recorded: BTreeSet<i64> = records.iter().map(|r| r.create_revision).collect();
     let mut by_revision: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
     for event in events.iter().filter(|e| !recorded.contains(&e.revision)) {
         if parse_record_key(&event.key).is_none() {
-            by_revision.entry(event.revision).or_default().push(&event.key);
+            by_revision
+                .entry(event.revision)
+                .or_default()
+                .push(&event.key);
         }
     }
     let first_record = records.first().map_or(i64::MAX, |r| r.create_revision);
     let mut unrecorded = Vec::new();
     for (revision, keys) in by_revision {
-        let after = records.iter().rev().find(|r| r.create_revision < revision).map(|r| r.seq);
+        let after = records
+            .iter()
+            .rev()
+            .find(|r| r.create_revision < revision)
+            .map(|r| r.seq);
         let rules = keys.iter().any(|k| in_rule_set(k));
         let what = keys.join(", ");
         match (after, rules || strict) {
@@ -208,12 +261,12 @@ fn check_unrecorded(records: &[StoredRecord], events: &[Event], strict: bool, f:
                     unrecorded.push(revision);
                 }
             }
-            (None, _) if revision < first_record => f
-                .notes
-                .push(format!("revision {revision} (before the first record) changed {what}")),
-            _ => f
-                .notes
-                .push(format!("revision {revision} changed revocations without a record: {what}")),
+            (None, _) if revision < first_record => f.notes.push(format!(
+                "revision {revision} (before the first record) changed {what}"
+            )),
+            _ => f.notes.push(format!(
+                "revision {revision} changed revocations without a record: {what}"
+            )),
         }
     }
     unrecorded
@@ -229,7 +282,10 @@ fn check_continuity(records: &[StoredRecord], now: &State, unrecorded: &[i64], f
     let explained = |from: i64, to: i64| unrecorded.iter().any(|r| *r > from && *r < to);
     for pair in parsed.windows(2) {
         let ((a, ra), (b, rb)) = (pair[0], pair[1]);
-        if a.seq + 1 == b.seq && rb.base_digest != ra.digest && !explained(a.create_revision, b.create_revision) {
+        if a.seq + 1 == b.seq
+            && rb.base_digest != ra.digest
+            && !explained(a.create_revision, b.create_revision)
+        {
             let message = format!(
                 "the rule set changed without a record between record {} and record {} (etcd no longer has those revisions)",
                 a.seq, b.seq

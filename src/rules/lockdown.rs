@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(l.methods, ["POST"]);
         assert!(l.covers("api.example.com", "POST", None));
         assert!(!l.covers("api.example.com", "GET", None));
-        assert!(!l.covers("example.com", "POST", None), "a suffix covers names below it");
+        assert!(
+            !l.covers("example.com", "POST", None),
+            "a suffix covers names below it"
+        );
         let by_route = Lockdown::from_json(&json!({"routes": ["orders"], "reason": "x"})).unwrap();
         assert!(by_route.covers("h", "GET", Some("orders")));
         assert!(!by_route.covers("h", "GET", Some("other")));

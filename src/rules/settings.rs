@@ -31,7 +31,11 @@ impl Settings {
         let mode = match raw.mode.as_deref() {
             None | Some("enforce") => Mode::Enforce,
             Some("dry_run") => Mode::DryRun,
-            Some(other) => return Err(format!("mode {other:?}: expected \"enforce\" or \"dry_run\"")),
+            Some(other) => {
+                return Err(format!(
+                    "mode {other:?}: expected \"enforce\" or \"dry_run\""
+                ))
+            }
         };
         Ok(Settings { mode })
     }

@@ -170,7 +170,11 @@ mod tests {
         let changes = diff(book.before_load.as_ref().unwrap(), &book.values);
         let keys: Vec<_> = changes.iter().map(|c| (c.key.as_str(), c.action)).collect();
         assert_eq!(keys, [("routes/b", "delete"), ("routes/c", "put")]);
-        assert_eq!(book.record.as_ref().unwrap().seq, Some(2), "the newest record");
+        assert_eq!(
+            book.record.as_ref().unwrap().seq,
+            Some(2),
+            "the newest record"
+        );
         book.emit(5);
         assert_ne!(book.digest(), before);
         assert!(book.pending.is_empty() && book.before_load.is_none());

@@ -49,7 +49,8 @@ impl Publisher {
     /// Swaps in the snapshot built from `rules` at `revision` (the very next check reads it).
     pub fn publish(&mut self, rules: RuleSet, revision: i64) {
         let previous = self.store.current();
-        let snapshot = Snapshot::build(rules, revision, previous.as_deref());
+        let fetcher = self.store.key_fetcher();
+        let snapshot = Snapshot::build_with_keys(rules, revision, previous.as_deref(), fetcher);
         self.store.publish(snapshot);
         self.metrics.source.snapshot_revision.set(revision);
         self.metrics.source.record_reload(true);

@@ -141,7 +141,9 @@ impl BindingError {
             BindingError::UnsupportedConfirmation => {
                 "The access token confirmation method is not supported"
             }
-            BindingError::Required(BindingRequirement::Dpop) => "A DPoP-bound access token is required",
+            BindingError::Required(BindingRequirement::Dpop) => {
+                "A DPoP-bound access token is required"
+            }
             BindingError::Required(BindingRequirement::Mtls) => {
                 "A certificate-bound access token is required"
             }
@@ -313,7 +315,11 @@ mod tests {
             x5t_s256: Some("t".into()),
         };
         use BindingRequirement::*;
-        for (cnf, dpop_ok, mtls_ok) in [(None, false, false), (Some(&dpop), true, false), (Some(&mtls), false, true)] {
+        for (cnf, dpop_ok, mtls_ok) in [
+            (None, false, false),
+            (Some(&dpop), true, false),
+            (Some(&mtls), false, true),
+        ] {
             assert_eq!(satisfies(cnf, Dpop), dpop_ok);
             assert_eq!(satisfies(cnf, Mtls), mtls_ok);
             assert_eq!(satisfies(cnf, Any), dpop_ok || mtls_ok);
@@ -337,7 +343,10 @@ mod tests {
             })
             .collect();
         let want = URL_SAFE_NO_PAD.encode(Sha256::digest(der));
-        assert_eq!(certificate_thumbprint(&encoded).as_deref(), Some(want.as_str()));
+        assert_eq!(
+            certificate_thumbprint(&encoded).as_deref(),
+            Some(want.as_str())
+        );
         assert_eq!(certificate_thumbprint(&pem).as_deref(), Some(want.as_str()));
         for bad in ["", "%", "%zz", "-----BEGIN CERTIFICATE-----", "no pem here"] {
             assert_eq!(certificate_thumbprint(bad), None, "{bad:?}");

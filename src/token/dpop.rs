@@ -466,7 +466,10 @@ impl ReplayCache {
         let key: [u8; 32] = hash.finalize().into();
         // Remembered until iat + window has passed (then the iat check refuses it anyway).
         let window = self.iat_window.as_secs();
-        let remaining = proof.iat.saturating_sub(now).saturating_add_unsigned(window);
+        let remaining = proof
+            .iat
+            .saturating_sub(now)
+            .saturating_add_unsigned(window);
         let ttl = Duration::from_secs(remaining.clamp(0, 2 * window as i64) as u64 + 1);
         self.inner.entry(key).or_insert(ttl).is_fresh()
     }
@@ -491,26 +494,56 @@ mod tests {
         );
         // Optional members do not count; missing required ones make no thumbprint.
         assert_eq!(jwk_thumbprint(&json!({"kty": "RSA", "e": "AQAB"})), None);
-        assert_eq!(jwk_thumbprint(&json!({"kty": "oct", "k": "c2VjcmV0"})), None);
-        assert_eq!(jwk_thumbprint(&json!({"kty": "EC", "crv": "P-256", "x": "a", "y": 1})), None);
+        assert_eq!(
+            jwk_thumbprint(&json!({"kty": "oct", "k": "c2VjcmV0"})),
+            None
+        );
+        assert_eq!(
+            jwk_thumbprint(&json!({"kty": "EC", "crv": "P-256", "x": "a", "y": 1})),
+            None
+        );
     }
 
     #[test]
     fn htu_is_compared_in_normal_form() {
         let same = [
-            ("https://api.example.com/orders/1", "https://api.example.com/orders/1"),
-            ("HTTPS://API.Example.COM/orders/1", "https://api.example.com/orders/1"),
-            ("https://api.example.com:443/orders/1", "https://api.example.com/orders/1"),
+            (
+                "https://api.example.com/orders/1",
+                "https://api.example.com/orders/1",
+            ),
+            (
+                "HTTPS://API.Example.COM/orders/1",
+                "https://api.example.com/orders/1",
+            ),
+            (
+                "https://api.example.com:443/orders/1",
+                "https://api.example.com/orders/1",
+            ),
             ("http://api.example.com:80/x", "http://api.example.com/x"),
             ("https://api.example.com:/x", "https://api.example.com/x"),
             ("https://api.example.com", "https://api.example.com/"),
-            ("https://api.example.com/a?x=1#f", "https://api.example.com/a"),
-            ("https://api.example.com/a/./b/../c", "https://api.example.com/a/c"),
-            ("https://api.example.com/%7euser/%2f", "https://api.example.com/~user/%2F"),
-            ("https://api.example.com/caf%c3%a9", "https://api.example.com/caf%C3%A9"),
+            (
+                "https://api.example.com/a?x=1#f",
+                "https://api.example.com/a",
+            ),
+            (
+                "https://api.example.com/a/./b/../c",
+                "https://api.example.com/a/c",
+            ),
+            (
+                "https://api.example.com/%7euser/%2f",
+                "https://api.example.com/~user/%2F",
+            ),
+            (
+                "https://api.example.com/caf%c3%a9",
+                "https://api.example.com/caf%C3%A9",
+            ),
             ("https://[::1]:443/x", "https://[::1]/x"),
             ("https://[::1]:8443/x", "https://[::1]:8443/x"),
-            ("https://api.example.com:08443/x", "https://api.example.com:8443/x"),
+            (
+                "https://api.example.com:08443/x",
+                "https://api.example.com:8443/x",
+            ),
             ("https://api.example.com/a/", "https://api.example.com/a/"),
             ("https://api.example.com/a/..", "https://api.example.com/"),
         ];
@@ -519,7 +552,10 @@ mod tests {
         }
         let different = [
             ("https://api.example.com/a", "http://api.example.com/a"),
-            ("https://api.example.com/a", "https://api.example.com:8443/a"),
+            (
+                "https://api.example.com/a",
+                "https://api.example.com:8443/a",
+            ),
             ("https://api.example.com/a", "https://api.example.com/a/"),
             ("https://api.example.com/a", "https://api.example.com/A"),
             ("https://api.example.com/a", "https://other.example.com/a"),

@@ -84,9 +84,7 @@ impl HttpsClient {
             let roots = parse_ca(pem)?;
             builder = builder.tls_certs_only(roots);
         }
-        let inner = builder
-            .build()
-            .map_err(|e| FetchError::Client(chain(&e)))?;
+        let inner = builder.build().map_err(|e| FetchError::Client(chain(&e)))?;
         Ok(HttpsClient { inner })
     }
 
@@ -236,7 +234,7 @@ mod tests {
         for bad in [
             "http://idp.example.com/jwks",
             "ftp://idp/x",
-            "https:///nohost",
+            "https://",
             "idp.example.com/jwks",
             "",
         ] {

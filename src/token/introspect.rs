@@ -10,6 +10,7 @@
 //! stops working within the cap. An IdP error, timeout or unreadable answer denies (fail closed,
 //! `introspection_failed`) and is never cached.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::fetch::{FetchError, HttpsClient};
-use super::remote::RemoteKeys;
-use super::{Claims, IssuerConfig, RawClaims, TokenError};
+use super::remote::{KeyFetcher, RemoteKeys};
+use super::{Claims, IssuerConfig, RawClaims, TokenError, Verifier};
 use crate::store::unix_seconds;
 use crate::telemetry::Metrics;
 
@@ -53,7 +54,6 @@ impl std::fmt::Debug for IntrospectionSpec {
 /// Settings for every introspecting issuer (flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IntrospectionSettings {
-    pub timeout: Duration,
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
 }
@@ -61,7 +61,6 @@ pub struct IntrospectionSettings {
 impl Default for IntrospectionSettings {
     fn default() -> Self {
         IntrospectionSettings {
-            timeout: DEFAULT_INTROSPECTION_TIMEOUT,
             cache_ttl: DEFAULT_INTROSPECTION_CACHE_TTL,
             cache_capacity: DEFAULT_INTROSPECTION_CACHE_CAPACITY,
         }
@@ -91,6 +90,15 @@ impl Introspector {
                 tracing::error!(issuer = %issuer.name, error = %e, "introspection client");
             })
             .ok();
+        Introspector::with_client(issuer, spec, client, discovery)
+    }
+
+    fn with_client(
+        issuer: Arc<IssuerConfig>,
+        spec: IntrospectionSpec,
+        client: Option<HttpsClient>,
+        discovery: Option<Arc<RemoteKeys>>,
+    ) -> Introspector {
         Introspector {
             issuer,
             spec,
@@ -117,6 +125,43 @@ impl Introspector {
             .map_err(|e: FetchError| e.to_string())?;
         serde_json::from_slice(&fetched.body).map_err(|_| "answer is not JSON".to_string())
     }
+}
+
+/// The introspectors of a new verifier, in issuer-name order. The HTTPS client (and its
+/// connections) is kept from `previous` when the introspection settings did not change.
+pub(super) fn introspectors(
+    by_issuer: &HashMap<String, Arc<IssuerConfig>>,
+    remote: &HashMap<String, Arc<RemoteKeys>>,
+    previous: Option<&Verifier>,
+    fetcher: Option<&KeyFetcher>,
+) -> Vec<Arc<Introspector>> {
+    let timeout = fetcher.map_or(DEFAULT_INTROSPECTION_TIMEOUT, |f| {
+        f.settings().introspection_timeout
+    });
+    let mut issuers: Vec<&Arc<IssuerConfig>> = by_issuer
+        .values()
+        .filter(|cfg| cfg.introspection.is_some())
+        .collect();
+    issuers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut built = Vec::new();
+    for cfg in issuers {
+        let Some(spec) = cfg.introspection.clone() else {
+            continue;
+        };
+        let discovery = remote.get(&cfg.issuer).cloned();
+        let kept = previous
+            .into_iter()
+            .flat_map(|p| p.introspectors().iter())
+            .find(|i| i.spec == spec && i.client.is_some());
+        let introspector = match kept {
+            Some(old) => {
+                Introspector::with_client(cfg.clone(), spec, old.client.clone(), discovery)
+            }
+            None => Introspector::new(cfg.clone(), spec, timeout, discovery),
+        };
+        built.push(Arc::new(introspector));
+    }
+    built
 }
 
 /// What an introspection said, as cached.
@@ -207,6 +252,25 @@ fn cache_key(endpoint: &str, token: &str) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// What the cache alone says about `token` (no network): `None` when an issuer that would be
+/// asked has no cached answer.
+pub fn cached(
+    introspectors: &[Arc<Introspector>],
+    token: &str,
+    cache: &IntrospectionCache,
+    generation: u64,
+) -> Option<Result<Arc<Claims>, TokenError>> {
+    for introspector in introspectors {
+        let endpoint = introspector.endpoint()?;
+        match cache.get(&cache_key(&endpoint, token), generation)? {
+            Answer::Active(claims) => return Some(Ok(claims)),
+            Answer::Inactive => {}
+            Answer::Refused(e) => return Some(Err(e)),
+        }
+    }
+    Some(Err(TokenError::Inactive))
+}
+
 /// Introspects `token` with each issuer in turn until one says it is active. All inactive:
 /// `Inactive`. None active and one failed: `IntrospectionFailed` (it might have said active).
 pub async fn introspect(
@@ -238,14 +302,13 @@ async fn introspect_one(
     let name = introspector.issuer.name.as_str();
     let Some(endpoint) = introspector.endpoint() else {
         metrics.keys.record_introspection(name, "no_endpoint");
-        return Err(TokenError::IntrospectionFailed("no endpoint (discovery pending)".into()));
+        return Err(TokenError::IntrospectionFailed(
+            "no endpoint (discovery pending)".into(),
+        ));
     };
     let key = cache_key(&endpoint, token);
     let answer = match cache.get(&key, generation) {
-        Some(answer) => {
-            metrics.keys.record_introspection(name, "cached");
-            answer
-        }
+        Some(answer) => answer,
         None => {
             let answer = match introspector.ask(&endpoint, token).await {
                 Ok(value) => judge(&introspector.issuer, &value),
@@ -296,7 +359,10 @@ fn claims_from_answer(issuer: &IssuerConfig, value: &Value) -> Result<Claims, To
     if value.get("token_type").and_then(Value::as_str) == Some("refresh_token") {
         return Err(invalid("a refresh token is not an access token"));
     }
-    let mut answer = value.as_object().cloned().ok_or_else(|| invalid("not an object"))?;
+    let mut answer = value
+        .as_object()
+        .cloned()
+        .ok_or_else(|| invalid("not an object"))?;
     match answer.get("iss") {
         None => {
             answer.insert("iss".into(), Value::String(issuer.issuer.clone()));
@@ -323,7 +389,7 @@ fn claims_from_answer(issuer: &IssuerConfig, value: &Value) -> Result<Claims, To
     answer.insert("exp".into(), Value::from(exp));
     let raw: RawClaims =
         serde_json::from_value(Value::Object(answer)).map_err(|e| invalid(&e.to_string()))?;
-    Claims::from_raw(raw, issuer.leeway_seconds)
+    super::issuer_binding(issuer, Claims::from_raw(raw, issuer.leeway_seconds)?)
 }
 
 fn check_audience(issuer: &IssuerConfig, aud: Option<&Value>) -> Result<(), TokenError> {
@@ -368,7 +434,10 @@ mod tests {
         let mut v = json!({"active": true, "aud": "orders-api", "scope": "orders:read orders:write",
             "client_id": "c1", "sub": "alice", "exp": unix_seconds() + 300, "iat": unix_seconds()});
         for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
+            match x {
+                Value::Null => drop(v.as_object_mut().unwrap().remove(k)),
+                x => v[k] = x.clone(),
+            }
         }
         v
     }
@@ -400,12 +469,27 @@ mod tests {
             (json!({}), "inactive"),
             (active(json!({"aud": "other"})), "invalid_audience"),
             (active(json!({"aud": null})), "invalid_audience"),
-            (active(json!({"iss": "https://evil.test/"})), "unknown_issuer"),
-            (active(json!({"exp": unix_seconds() - 3600})), "token_expired"),
-            (active(json!({"nbf": unix_seconds() + 3600})), "token_not_yet_valid"),
+            (
+                active(json!({"iss": "https://evil.test/"})),
+                "unknown_issuer",
+            ),
+            (
+                active(json!({"exp": unix_seconds() - 3600})),
+                "token_expired",
+            ),
+            (
+                active(json!({"nbf": unix_seconds() + 3600})),
+                "token_not_yet_valid",
+            ),
             (active(json!({"sub": "alice "})), "invalid_claims"),
-            (active(json!({"iat": unix_seconds() + 3600})), "invalid_claims"),
-            (active(json!({"token_type": "refresh_token"})), "invalid_claims"),
+            (
+                active(json!({"iat": unix_seconds() + 3600})),
+                "invalid_claims",
+            ),
+            (
+                active(json!({"token_type": "refresh_token"})),
+                "invalid_claims",
+            ),
         ];
         for (answer, want) in cases {
             assert_eq!(judged(answer.clone()).unwrap_err(), want, "{answer}");
@@ -418,7 +502,10 @@ mod tests {
     #[test]
     fn cache_keys_separate_endpoints_and_tokens() {
         assert_ne!(cache_key("https://a/i", "t"), cache_key("https://b/i", "t"));
-        assert_ne!(cache_key("https://a/i", "t1"), cache_key("https://a/i", "t2"));
+        assert_ne!(
+            cache_key("https://a/i", "t1"),
+            cache_key("https://a/i", "t2")
+        );
         assert_ne!(cache_key("https://a/it", ""), cache_key("https://a/i", "t"));
     }
 
@@ -431,8 +518,9 @@ mod tests {
         assert!(cache.get(&key, 2).is_none(), "another issuer configuration");
         let mut claims = judged(active(json!({}))).unwrap();
         claims.exp = unix_seconds() - 1;
-        cache.insert(key, Answer::Active(Arc::new(claims)), 1);
-        assert!(cache.get(&key, 1).is_none(), "never past exp");
+        let other = cache_key("https://a/i", "expired");
+        cache.insert(other, Answer::Active(Arc::new(claims)), 1);
+        assert!(cache.get(&other, 1).is_none(), "never past exp");
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! An issuer entry (`issuers/<name>`): who may sign tokens, for which audiences, with which pinned
 //! algorithms and keys. Validated once when the entry is loaded, so verification never fails on
-//! configuration.
+//! configuration. Keys are inline (`jwks`), in a file (`jwks_file`), an HMAC secret file, or
+//! remote (`jwks_uri`, or `discovery: true`), fetched by [`super::remote`]; opaque tokens are
+//! introspected (`introspection`, [`super::introspect`]).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::binding::BindingRequirement;
+use super::fetch;
+use super::introspect::IntrospectionSpec;
 use super::jwks::{self, JwksKeys, KeyError, SkippedKey, VerificationKey};
+use super::remote::{KeyLocation, RemoteSpec};
 
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 const MAX_LEEWAY_SECONDS: u64 = 300;
@@ -25,7 +31,12 @@ pub enum IssuerError {
     Keys(#[from] KeyError),
     #[error("{0}")]
     Invalid(&'static str),
+    #[error("{0}")]
+    Field(String),
 }
+
+/// Shortest `refresh_min` accepted.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// A validated issuer.
 #[derive(Debug, Clone)]
@@ -43,6 +54,10 @@ pub struct IssuerConfig {
     pub leeway_seconds: u64,
     /// Every token of this issuer must be sender-constrained this way (`require_binding`).
     pub require_binding: Option<BindingRequirement>,
+    /// Keys fetched from the issuer (`keys` is then empty: the verifier reads the fetched set).
+    pub remote: Option<RemoteSpec>,
+    /// RFC 7662 introspection of opaque tokens.
+    pub introspection: Option<IntrospectionSpec>,
     /// Prebuilt validation (iss, aud, exp, nbf, leeway) for each pinned algorithm (one
     /// algorithm each: `jsonwebtoken` refuses a list that mixes key families).
     validations: Vec<(Algorithm, Validation)>,
@@ -53,9 +68,22 @@ pub struct IssuerConfig {
 struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
+    #[serde(default)]
     algorithms: Vec<String>,
     #[serde(default)]
     jwks: Option<Value>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    refresh_min: Option<DurationField>,
+    #[serde(default)]
+    refresh_max: Option<DurationField>,
+    #[serde(default)]
+    introspection: Option<RawIntrospection>,
     #[serde(default)]
     jwks_file: Option<String>,
     #[serde(default)]
@@ -71,6 +99,23 @@ struct RawIssuer {
     description: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    #[serde(default)]
+    endpoint: Option<String>,
+    client_id: String,
+    client_secret_file: String,
+}
+
+/// A duration as seconds (`300`) or humantime text (`"5m"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationField {
+    Seconds(u64),
+    Text(String),
+}
+
 impl IssuerConfig {
     /// Validates an issuer value and loads its keys; relative files resolve against `base_dir`.
     pub fn from_json(
@@ -78,11 +123,6 @@ impl IssuerConfig {
         value: &Value,
         base_dir: Option<&Path>,
     ) -> Result<Self, IssuerError> {
-        if value.get("jwks_uri").is_some() {
-            return Err(IssuerError::Invalid(
-                "jwks_uri is not supported yet: give the keys as \"jwks\" or \"jwks_file\"",
-            ));
-        }
         let raw = RawIssuer::deserialize(value).map_err(|e| IssuerError::Shape(e.to_string()))?;
         if raw.issuer.is_empty() {
             return Err(IssuerError::Invalid("issuer must not be empty"));
@@ -92,11 +132,24 @@ impl IssuerConfig {
                 "audiences must list at least one non-empty audience",
             ));
         }
-        let algorithms = parse_algorithms(&raw.algorithms)?;
+        let introspection_only = !has_key_source(&raw) && raw.introspection.is_some();
+        let algorithms = match introspection_only && raw.algorithms.is_empty() {
+            true => Vec::new(),
+            false => parse_algorithms(&raw.algorithms)?,
+        };
+        let ca_pem = read_ca(&raw, base_dir)?;
+        let remote = remote_spec(&raw, &algorithms, ca_pem.clone())?;
+        let introspection = introspection_spec(&raw, ca_pem, base_dir)?;
         let JwksKeys {
             keys,
             skipped: skipped_keys,
-        } = load_keys(&raw, &algorithms, base_dir)?;
+        } = match remote.is_some() || introspection_only {
+            true => JwksKeys {
+                keys: Vec::new(),
+                skipped: Vec::new(),
+            },
+            false => load_keys(&raw, &algorithms, base_dir)?,
+        };
         for skipped in &skipped_keys {
             if skipped.is_expected() {
                 tracing::debug!(issuer = name, index = skipped.index, kid = ?skipped.kid,
@@ -125,6 +178,8 @@ impl IssuerConfig {
             require_typ: raw.require_typ,
             leeway_seconds,
             require_binding,
+            remote,
+            introspection,
             validations,
         })
     }
@@ -180,6 +235,152 @@ fn resolve(base_dir: Option<&Path>, file: &str) -> PathBuf {
         Some(dir) if Path::new(file).is_relative() => dir.join(file),
         _ => PathBuf::from(file),
     }
+}
+
+fn has_key_source(raw: &RawIssuer) -> bool {
+    raw.jwks.is_some()
+        || raw.jwks_file.is_some()
+        || raw.hmac_secret_file.is_some()
+        || raw.jwks_uri.is_some()
+        || raw.discovery
+}
+
+/// `ca_file` (PEM, at least one certificate): the only CAs trusted for this issuer's HTTPS.
+fn read_ca(raw: &RawIssuer, base_dir: Option<&Path>) -> Result<Option<Vec<u8>>, IssuerError> {
+    let Some(file) = &raw.ca_file else {
+        return Ok(None);
+    };
+    if raw.jwks_uri.is_none() && !raw.discovery && raw.introspection.is_none() {
+        return Err(IssuerError::Invalid(
+            "ca_file applies to jwks_uri, discovery and introspection only",
+        ));
+    }
+    let path = resolve(base_dir, file);
+    let pem = std::fs::read(&path)
+        .map_err(|e| IssuerError::Field(format!("ca_file {}: {e}", path.display())))?;
+    fetch::parse_ca(&pem).map_err(|e| IssuerError::Field(format!("ca_file: {e}")))?;
+    Ok(Some(pem))
+}
+
+/// `jwks_uri` or `discovery`, with the refresh bounds: HTTPS only, and never beside other keys.
+fn remote_spec(
+    raw: &RawIssuer,
+    algorithms: &[Algorithm],
+    ca_pem: Option<Vec<u8>>,
+) -> Result<Option<RemoteSpec>, IssuerError> {
+    let location = match (&raw.jwks_uri, raw.discovery) {
+        (Some(_), true) => {
+            return Err(IssuerError::Invalid("give jwks_uri or discovery, not both"))
+        }
+        (None, false) if raw.refresh_min.is_some() || raw.refresh_max.is_some() => {
+            return Err(IssuerError::Invalid(
+                "refresh_min and refresh_max apply to jwks_uri and discovery only",
+            ))
+        }
+        (None, false) => return Ok(None),
+        (Some(uri), false) => {
+            fetch::require_https(uri).map_err(|e| IssuerError::Field(format!("jwks_uri: {e}")))?;
+            KeyLocation::JwksUri(uri.clone())
+        }
+        (None, true) => {
+            fetch::require_https(&raw.issuer)
+                .map_err(|e| IssuerError::Field(format!("discovery needs an https issuer: {e}")))?;
+            KeyLocation::Discovery
+        }
+    };
+    if raw.jwks.is_some() || raw.jwks_file.is_some() || raw.hmac_secret_file.is_some() {
+        return Err(IssuerError::Invalid(
+            "give exactly one of jwks, jwks_file, jwks_uri, discovery or hmac_secret_file",
+        ));
+    }
+    if algorithms.iter().any(|a| is_hmac(*a)) {
+        return Err(IssuerError::Invalid(
+            "HS* algorithms need hmac_secret_file (shared secrets are never read from a JWKS)",
+        ));
+    }
+    let refresh_min = raw
+        .refresh_min
+        .as_ref()
+        .map(|d| duration("refresh_min", d))
+        .transpose()?;
+    let refresh_max = raw
+        .refresh_max
+        .as_ref()
+        .map(|d| duration("refresh_max", d))
+        .transpose()?;
+    if refresh_min.is_some_and(|min| min < MIN_REFRESH) {
+        return Err(IssuerError::Invalid("refresh_min must be at least 1s"));
+    }
+    if let (Some(min), Some(max)) = (refresh_min, refresh_max) {
+        if min > max {
+            return Err(IssuerError::Invalid(
+                "refresh_min must not exceed refresh_max",
+            ));
+        }
+    }
+    Ok(Some(RemoteSpec {
+        issuer: raw.issuer.clone(),
+        location,
+        ca_pem,
+        refresh_min,
+        refresh_max,
+        algorithms: algorithms.to_vec(),
+    }))
+}
+
+fn duration(field: &str, value: &DurationField) -> Result<Duration, IssuerError> {
+    match value {
+        DurationField::Seconds(s) => Ok(Duration::from_secs(*s)),
+        DurationField::Text(text) => humantime::parse_duration(text)
+            .map_err(|e| IssuerError::Field(format!("{field} {text:?}: {e}"))),
+    }
+}
+
+/// `introspection`: an HTTPS endpoint (or discovery's), scopegate's client id, and the secret
+/// read from its file (one trailing newline ignored).
+fn introspection_spec(
+    raw: &RawIssuer,
+    ca_pem: Option<Vec<u8>>,
+    base_dir: Option<&Path>,
+) -> Result<Option<IntrospectionSpec>, IssuerError> {
+    let Some(config) = &raw.introspection else {
+        return Ok(None);
+    };
+    match &config.endpoint {
+        Some(endpoint) => fetch::require_https(endpoint)
+            .map_err(|e| IssuerError::Field(format!("introspection.endpoint: {e}")))?,
+        None if raw.discovery => {}
+        None => {
+            return Err(IssuerError::Invalid(
+                "introspection.endpoint is required without discovery",
+            ))
+        }
+    }
+    if config.client_id.is_empty() {
+        return Err(IssuerError::Invalid(
+            "introspection.client_id must not be empty",
+        ));
+    }
+    let path = resolve(base_dir, &config.client_secret_file);
+    let secret = std::fs::read_to_string(&path).map_err(|e| {
+        IssuerError::Field(format!(
+            "introspection.client_secret_file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = secret.strip_suffix('\n').unwrap_or(&secret);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(IssuerError::Invalid(
+            "introspection.client_secret_file is empty",
+        ));
+    }
+    Ok(Some(IntrospectionSpec {
+        endpoint: config.endpoint.clone(),
+        client_id: config.client_id.clone(),
+        client_secret: secret.to_string(),
+        ca_pem,
+    }))
 }
 
 fn load_keys(
@@ -259,7 +460,22 @@ mod tests {
             json!({"issuer":"i","audiences":["a"],"algorithms":["HS256"],"jwks_file":"demo-jwks.json"}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"]}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"missing.json"}),
-            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_uri":"https://x"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_uri":"http://idp/jwks"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_uri":"https://idp/jwks","jwks_file":"demo-jwks.json"}),
+            json!({"issuer":"http://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true,"jwks_uri":"https://idp/jwks"}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["HS256"],"discovery":true}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true,"refresh_min":"1h","refresh_max":"5m"}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true,"refresh_min":0}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true,"refresh_min":"soon"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","refresh_min":"5m"}),
+            json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","ca_file":"demo-jwks.json"}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"discovery":true,"ca_file":"demo-jwks.json"}),
+            json!({"issuer":"https://idp","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json",
+                   "introspection":{"client_id":"c","client_secret_file":"demo-hs256.secret"}}),
+            json!({"issuer":"https://idp","audiences":["a"],"introspection":{"endpoint":"http://idp/i","client_id":"c","client_secret_file":"demo-hs256.secret"}}),
+            json!({"issuer":"https://idp","audiences":["a"],"introspection":{"endpoint":"https://idp/i","client_id":"","client_secret_file":"demo-hs256.secret"}}),
+            json!({"issuer":"https://idp","audiences":["a"],"introspection":{"endpoint":"https://idp/i","client_id":"c","client_secret_file":"missing"}}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","leeway_seconds":9999}),
             json!({"issuer":"i","audiences":["a"],"algorithms":["RS256"],"jwks_file":"demo-jwks.json","require_binding":"bearer"}),
         ];
@@ -356,6 +572,69 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn remote_keys_and_introspection_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        let cfg = IssuerConfig::from_json(
+            "kc",
+            &json!({"issuer":"https://kc.test/realms/a","audiences":["api"],"algorithms":["RS256"],
+                    "discovery":true,"ca_file":"ca.pem","refresh_min":"1m","refresh_max":7200,
+                    "introspection":{"client_id":"scopegate","client_secret_file":"secret"}}),
+            Some(dir.path()),
+        )
+        .unwrap();
+        let remote = cfg.remote.as_ref().unwrap();
+        assert_eq!(remote.location, KeyLocation::Discovery);
+        assert_eq!(remote.refresh_min, Some(Duration::from_secs(60)));
+        assert_eq!(remote.refresh_max, Some(Duration::from_secs(7200)));
+        assert_eq!(remote.ca_pem.as_deref(), Some(ca.pem().as_bytes()));
+        assert!(cfg.keys.is_empty());
+        let introspection = cfg.introspection.as_ref().unwrap();
+        assert_eq!(introspection.endpoint, None, "from discovery");
+        assert_eq!(
+            introspection.client_secret, "s3cret",
+            "one trailing newline dropped"
+        );
+        assert!(
+            !format!("{introspection:?}").contains("s3cret"),
+            "never in Debug output"
+        );
+
+        let by_uri = IssuerConfig::from_json(
+            "u",
+            &json!({"issuer":"i","audiences":["api"],"algorithms":["ES256"],"jwks_uri":"https://idp/jwks"}),
+            None,
+        )
+        .unwrap();
+        let expected = KeyLocation::JwksUri("https://idp/jwks".into());
+        assert_eq!(by_uri.remote.unwrap().location, expected);
+
+        let opaque_only = IssuerConfig::from_json(
+            "o",
+            &json!({"issuer":"https://idp","audiences":["api"],
+                    "introspection":{"endpoint":"https://idp/introspect","client_id":"c",
+                                     "client_secret_file":"secret"}}),
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert!(opaque_only.algorithms.is_empty() && opaque_only.remote.is_none());
+
+        let plain = IssuerConfig::from_json(
+            "p",
+            &json!({"issuer":"i","audiences":["api"],"algorithms":["RS256"],"jwks_uri":"http://idp/jwks"}),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(plain.contains("not an https:// URL"), "{plain}");
     }
 
     #[test]

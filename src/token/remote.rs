@@ -62,6 +62,9 @@ pub struct RemoteKeySettings {
     pub kid_miss_wait: Duration,
     pub kid_miss_interval: Duration,
     pub fetch_timeout: Duration,
+    /// Timeout of one RFC 7662 introspection request (on the request path: keep it below
+    /// Envoy's ext_authz timeout).
+    pub introspection_timeout: Duration,
 }
 
 impl Default for RemoteKeySettings {
@@ -72,6 +75,7 @@ impl Default for RemoteKeySettings {
             kid_miss_wait: DEFAULT_KID_MISS_WAIT,
             kid_miss_interval: DEFAULT_KID_MISS_INTERVAL,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            introspection_timeout: super::introspect::DEFAULT_INTROSPECTION_TIMEOUT,
         }
     }
 }
@@ -185,7 +189,10 @@ impl Timing {
         let refresh_min = spec.refresh_min.unwrap_or(defaults.refresh_min);
         Timing {
             refresh_min,
-            refresh_max: spec.refresh_max.unwrap_or(defaults.refresh_max).max(refresh_min),
+            refresh_max: spec
+                .refresh_max
+                .unwrap_or(defaults.refresh_max)
+                .max(refresh_min),
             kid_miss_wait: defaults.kid_miss_wait,
             kid_miss_interval: defaults.kid_miss_interval,
         }
@@ -347,13 +354,20 @@ impl Shared {
     /// verified with a removed key never carry the new epoch.
     fn publish(&self, set: KeySet) {
         let old = self.keys.load_full();
-        let removed = old.fingerprints.iter().any(|f| !set.fingerprints.contains(f));
+        let removed = old
+            .fingerprints
+            .iter()
+            .any(|f| !set.fingerprints.contains(f));
         let (count, skipped) = (set.keys.len(), set.skipped.len());
         self.keys.store(Arc::new(set));
         if removed {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        let kind = if old.fetched_at.is_none() { "loaded" } else { "refreshed" };
+        let kind = if old.fetched_at.is_none() {
+            "loaded"
+        } else {
+            "refreshed"
+        };
         tracing::info!(issuer = %self.name, keys = count, skipped, removed, "JWKS {kind}");
         if let Some(changed) = &self.changed {
             changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -425,7 +439,10 @@ impl Task {
             }
             Err(()) => {
                 self.discovered_at = None;
-                let delay = self.retries.next().unwrap_or(self.shared.timing.refresh_min);
+                let delay = self
+                    .retries
+                    .next()
+                    .unwrap_or(self.shared.timing.refresh_min);
                 match self.shared.keys.load().fetched_at {
                     None => delay.min(RETRY_MAX_WITHOUT_KEYS),
                     Some(_) => delay,
@@ -449,7 +466,11 @@ impl Task {
             }
             Err(e) => {
                 shared.record(e.result_label());
-                let age = shared.keys.load().fetched_at.map(|at| at.elapsed().as_secs());
+                let age = shared
+                    .keys
+                    .load()
+                    .fetched_at
+                    .map(|at| at.elapsed().as_secs());
                 tracing::warn!(issuer = %shared.name, error = %e, last_good_age_s = age,
                     "JWKS fetch rejected; the last good keys stay in force");
                 Err(())
@@ -488,8 +509,8 @@ struct DiscoveryDocument {
 /// Connect Discovery 1.0 §4.3), and the endpoints HTTPS.
 async fn discover<S: Source>(spec: &RemoteSpec, source: &S) -> Result<Discovered, Rejected> {
     let fetched = source.get(&spec.discovery_url()).await?;
-    let doc: DiscoveryDocument = serde_json::from_slice(&fetched.body)
-        .map_err(|e| Rejected::Discovery(e.to_string()))?;
+    let doc: DiscoveryDocument =
+        serde_json::from_slice(&fetched.body).map_err(|e| Rejected::Discovery(e.to_string()))?;
     if doc.issuer != spec.issuer {
         return Err(Rejected::Discovery(format!(
             "issuer {:?} is not the configured {:?}",
@@ -588,7 +609,12 @@ impl KeyFetcher {
         self.start_with(name, spec, client)
     }
 
-    pub(crate) fn start_with<S: Source>(&self, name: &str, spec: &RemoteSpec, source: S) -> RemoteKeys {
+    pub(crate) fn start_with<S: Source>(
+        &self,
+        name: &str,
+        spec: &RemoteSpec,
+        source: S,
+    ) -> RemoteKeys {
         let mut shared = RemoteKeys::shared(name, spec, Timing::new(&self.settings, spec));
         shared.metrics = self.metrics.clone();
         shared.changed = Some(self.changed.clone());

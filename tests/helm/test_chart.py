@@ -797,7 +797,7 @@ def test_binary_serves_the_rendered_rules_mode(chart, tmp_path, source):
             "rules": rules,
             "rulesExtraFiles": {"demo-jwks.json": jwks},
             # Non-default settings, to check the binary accepts what the chart renders.
-            "config": {"decisionLog": "deny", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s"},
+            "config": {"decisionLog": "deny", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s", "stripAuthorization": True},
             "shutdown": {"drainTimeoutSeconds": 3},
         }
         routes = len(rules["routes"])
@@ -1389,3 +1389,41 @@ def test_binary_serves_the_rendered_listener_mutual_tls(chart, tmp_path):
         assert pod.wait_for("/healthz", 200).strip() == "ok"
     finally:
         assert pod.stop(timeout=15) == 0, pod.log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/istio: consistent with the chart and with scopegate
+
+
+def test_istio_examples_match_the_chart_and_scopegate():
+    istio = ROOT / "examples" / "istio"
+    docs = {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in istio.glob("*.yaml")}
+    assert set(docs) == {"mesh-config.yaml", "authorization-policy.yaml", "pin-rule-envoyfilter.yaml"}
+    (mesh,) = docs["mesh-config.yaml"]
+    (provider,) = mesh["spec"]["meshConfig"]["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    # The Service the chart creates for release "scopegate" in namespace "scopegate".
+    with helm.Chart.load(CHART_DIR) as loaded:
+        svc = only(objects(loaded, name="scopegate", namespace="scopegate"), "Service")
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    assert grpc["service"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert grpc["port"] == ports["grpc"]
+    assert grpc["failOpen"] is False and grpc["statusOnError"] == "503"
+    assert mesh["spec"]["meshConfig"]["pathNormalization"]["normalization"] in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+    policies = [d for f in docs.values() for d in f if d["kind"] == "AuthorizationPolicy"]
+    assert len(policies) == 3
+    for policy in policies:
+        assert policy["apiVersion"] == "security.istio.io/v1"
+        assert policy["spec"]["action"] == "CUSTOM"
+        assert policy["spec"]["provider"]["name"] == provider["name"]
+    (envoy_filter,) = [d for d in docs["pin-rule-envoyfilter.yaml"] if d["kind"] == "EnvoyFilter"]
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    per_route = patch["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+    assert per_route["@type"].endswith("ext_authz.v3.ExtAuthzPerRoute")
+    # The context extension scopegate reads (check::CONTEXT_RULE) on a route the VirtualService names.
+    check_rs = (ROOT / "src" / "check.rs").read_text()
+    (key,) = per_route["check_settings"]["context_extensions"]
+    assert f'pub const CONTEXT_RULE: &str = "{key}";' in check_rs
+    (vs,) = [d for d in docs["pin-rule-envoyfilter.yaml"] if d["kind"] == "VirtualService"]
+    assert patch["match"]["routeConfiguration"]["vhost"]["route"]["name"] in {r["name"] for r in vs["spec"]["http"]}
+    assert patch["match"]["context"] == "GATEWAY"

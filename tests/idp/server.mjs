@@ -16,6 +16,8 @@
 //   POST /__test/rotate   add a new RSA signing key, used for new tokens; the old ones stay published
 //   POST /__test/retire   publish only the newest signing key (and the encryption key)
 //   POST /__test/jwks-mode?mode=ok|garbage|error   make /jwks answer normally, with garbage, or 500
+//   POST /__test/jwks-max-age?seconds=N   Cache-Control: max-age on /jwks from now on (none: unset)
+//   POST /__test/introspection-mode?mode=ok|error|slow   introspection answers, 500s, or waits 3 s
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -118,6 +120,8 @@ const ecKey = ecSigningKey();
 const encryptionKey = rsaEncryptionKey();
 const stats = { jwks: 0, discovery: 0, introspection: 0, token: 0 };
 let jwksMode = 'ok';
+let jwksMaxAge = config.jwks_max_age;
+let introspectionMode = 'ok';
 
 function peerCertificate(ctx) {
   const peer = ctx.socket.getPeerCertificate?.(false);
@@ -188,6 +192,14 @@ function testEndpoint(req, res, url) {
     case 'POST /__test/jwks-mode':
       jwksMode = url.searchParams.get('mode') ?? 'ok';
       return json(res, 200, { mode: jwksMode });
+    case 'POST /__test/jwks-max-age': {
+      const seconds = url.searchParams.get('seconds');
+      jwksMaxAge = seconds === null ? undefined : Number(seconds);
+      return json(res, 200, { max_age: jwksMaxAge ?? null });
+    }
+    case 'POST /__test/introspection-mode':
+      introspectionMode = url.searchParams.get('mode') ?? 'ok';
+      return json(res, 200, { mode: introspectionMode });
     default:
       return json(res, 404, { error: 'unknown test endpoint' });
   }
@@ -209,10 +221,11 @@ function serve(req, res) {
       return res.end('{"keys": "not a key set"');
     }
     if (jwksMode === 'error') return json(res, 500, { error: 'server_error' });
-    if (config.jwks_max_age !== undefined) {
+    if (jwksMaxAge !== undefined && jwksMaxAge !== null) {
+      const maxAge = jwksMaxAge;
       const writeHead = res.writeHead.bind(res);
       res.writeHead = (status, ...rest) => {
-        res.setHeader('cache-control', `max-age=${config.jwks_max_age}`);
+        res.setHeader('cache-control', `max-age=${maxAge}`);
         return writeHead(status, ...rest);
       };
     }
@@ -220,6 +233,10 @@ function serve(req, res) {
     stats.discovery += 1;
   } else if (route === '/token/introspection') {
     stats.introspection += 1;
+    if (introspectionMode === 'error') return json(res, 500, { error: 'server_error' });
+    if (introspectionMode === 'slow') {
+      return setTimeout(() => handler(req, res), 3000);
+    }
   } else if (route === '/token') {
     stats.token += 1;
   }

@@ -1,7 +1,8 @@
 //! Sender-constrained test credentials: DPoP keys generated per test (rcgen) and the proofs they
 //! sign (RFC 9449), access tokens bound to a DPoP key (`cnf.jkt`) or to a client certificate
-//! (`cnf["x5t#S256"]`, RFC 8705), and a test CA that issues client and server certificates.
-//! Thumbprints are computed here independently of scopegate's own code.
+//! (`cnf["x5t#S256"]`, RFC 8705), a test CA that issues client and server certificates, and an
+//! Envoy listener that terminates TLS and requires client certificates, with an HTTPS client for
+//! it. Thumbprints are computed here independently of scopegate's own code.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -16,7 +17,15 @@ use rcgen::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
+use super::envoy::{is_framed, parse_response, HttpResponse};
 use super::tokens;
 
 pub fn b64(bytes: impl AsRef<[u8]>) -> String {
@@ -217,4 +226,114 @@ pub fn pem_of(der: &[u8]) -> String {
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         STANDARD.encode(der)
     )
+}
+
+/// The files for a TLS listener on Envoy that requires client certificates: its server
+/// certificate and key, and the CA its clients' certificates must chain to.
+pub struct TlsListener {
+    dir: tempfile::TempDir,
+}
+
+impl TlsListener {
+    pub fn new(server_cert_pem: &str, server_key_pem: &str, client_ca_pem: &str) -> TlsListener {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert_pem).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key_pem).unwrap();
+        std::fs::write(dir.path().join("client-ca.pem"), client_ca_pem).unwrap();
+        TlsListener { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// `config` (the example) with its listener terminating TLS and requiring a client
+    /// certificate (what a certificate-bound deployment adds; the ext_authz filter, with its
+    /// `include_peer_certificate`, is the example's own).
+    pub fn apply(&self, config: &str) -> String {
+        let anchor = "    filter_chains:\n    - filters:\n";
+        assert_eq!(config.matches(anchor).count(), 1, "example listener layout");
+        let tls = format!(
+            r#"    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: {cert} }}
+              private_key: {{ filename: {key} }}
+            validation_context:
+              trusted_ca: {{ filename: {ca} }}
+      filters:
+"#,
+            cert = self.path("server.pem"),
+            key = self.path("server.key"),
+            ca = self.path("client-ca.pem"),
+        );
+        config.replacen(anchor, &tls, 1)
+    }
+}
+
+/// A client certificate and its key, PEM.
+pub type Identity<'a> = (&'a str, &'a str);
+
+/// One HTTP/1.1 `GET` over TLS to `addr` (verified as `server_name` against `ca_pem`), with
+/// `Host: host`, presenting `client` if given. Errors (a refused handshake included) are returned.
+pub async fn https_get(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client: Option<Identity<'_>>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut stream = connector.connect(name, tcp).await?;
+        stream.write_all(head.as_bytes()).await?;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if is_framed(&raw) {
+                if let Ok(response) = parse_response(&raw) {
+                    return Ok(response);
+                }
+            }
+            match stream.read(&mut chunk).await? {
+                0 => return parse_response(&raw),
+                n => raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete response"))?
 }

@@ -396,7 +396,7 @@ pub async fn try_request(
 
 /// Whether the response head in `raw` (if complete) says where the body ends (a length, chunked,
 /// or no body), so that a complete response can be recognised before the connection closes.
-fn is_framed(raw: &[u8]) -> bool {
+pub fn is_framed(raw: &[u8]) -> bool {
     let Some(split) = find(raw, b"\r\n\r\n") else {
         return false;
     };
@@ -417,7 +417,7 @@ fn invalid(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
     let split = find(raw, b"\r\n\r\n").ok_or_else(|| invalid("no end of response head"))?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| invalid("head is not UTF-8"))?;
     let mut lines = head.split("\r\n");

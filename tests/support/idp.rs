@@ -285,6 +285,21 @@ pub fn node_binary() -> PathBuf {
         .map(|dir| dir.join("node"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("no `node` on PATH: {INSTALL_HINT}"));
+    let version = Command::new(&node)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "node {version:?} is too old (20 or newer): {INSTALL_HINT}"
+    );
     let package = repo_path("tests/idp/node_modules/oidc-provider/package.json");
     assert!(
         package.is_file(),
@@ -553,6 +568,22 @@ impl Idp {
             .await;
     }
 
+    /// `Cache-Control: max-age` on `/jwks` from now on (`None`: no header).
+    pub async fn set_jwks_max_age(&self, seconds: Option<u64>) {
+        let query = seconds.map(|s| format!("?seconds={s}")).unwrap_or_default();
+        self.test_endpoint(reqwest::Method::POST, &format!("jwks-max-age{query}"))
+            .await;
+    }
+
+    /// Introspection answers normally (`ok`), with HTTP 500 (`error`), or after 3 s (`slow`).
+    pub async fn set_introspection_mode(&self, mode: &str) {
+        self.test_endpoint(
+            reqwest::Method::POST,
+            &format!("introspection-mode?mode={mode}"),
+        )
+        .await;
+    }
+
     /// A scopegate issuer entry for this IdP: discovery, the test CA, `orders-api`, RS256 and
     /// ES256, RFC 9068 `typ`. `extra` adds or replaces fields (e.g. `refresh_min`, `introspection`).
     pub fn issuer_entry(&self, extra: Value) -> Value {
@@ -568,6 +599,20 @@ impl Idp {
             entry.as_object_mut().unwrap().insert(k, v);
         }
         entry
+    }
+
+    /// A rules file (YAML) trusting this IdP as issuer `idp` ([`Idp::issuer_entry`] with
+    /// `extra`), with `GET /orders/{id}` needing `orders:read`, `POST /orders/**` needing
+    /// `orders:write`, and a public `/healthz`, all on `api.example.com`.
+    pub fn rules(&self, extra: Value) -> String {
+        format!(
+            "issuers:\n  idp: {}\nroutes:\n{}",
+            self.issuer_entry(extra),
+            r#"  health: {host: "*", path: /healthz, require: {public: true}}
+  orders-read: {host: api.example.com, path: "/orders/{id}", methods: [GET], require: {all: [orders:read]}}
+  orders-write: {host: api.example.com, path: /orders/**, methods: [POST], require: {all: [orders:write]}}
+"#
+        )
     }
 
     /// Writes scopegate's introspection client secret to a file and returns the `introspection`
