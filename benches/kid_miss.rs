@@ -13,8 +13,6 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use futures_util::FutureExt;
 use scopegate::cache::ClaimsCache;
@@ -27,20 +25,9 @@ use support::server::{check_request, Answer, TestServer};
 
 const HOST: &str = "api.example.com";
 
-/// Compact JWS tokens with distinct kids; the signature bytes are random (no key is ever
-/// tried: the kid matches none).
 fn bogus_tokens(iss: &str, n: usize) -> Vec<String> {
-    let now = support::tokens::now();
-    let claims = json!({"iss": iss, "aud": "orders-api", "sub": "mallory", "scope": "orders:read",
-                        "iat": now, "exp": now + 3600});
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signature = URL_SAFE_NO_PAD.encode([7u8; 256]);
     (0..n)
-        .map(|i| {
-            let header = json!({"alg": "RS256", "typ": "at+jwt", "kid": format!("bogus-{i:05}-{}", uuid::Uuid::new_v4())});
-            let header = URL_SAFE_NO_PAD.encode(header.to_string());
-            format!("{header}.{payload}.{signature}")
-        })
+        .map(|i| support::idp::bogus_kid_token(iss, i))
         .collect()
 }
 

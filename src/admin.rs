@@ -95,6 +95,11 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
         "revision": snapshot.as_ref().map(|s| s.revision),
         "routes": snapshot.as_ref().map(|s| s.routes.len()),
         "issuers": snapshot.as_ref().map(|s| s.rules.issuers.len()),
+        "lockdown": snapshot.as_ref().and_then(|s| s.rules.lockdown.as_ref()).map(|l| {
+            let now = crate::store::unix_seconds();
+            serde_json::json!({"reason": l.reason, "in_force": l.in_force(now)})
+        }),
+        "global_dry_run": snapshot.as_ref().map(|s| s.rules.global_dry_run()),
         "snapshot_age_seconds": state.store.age().map(|a| a.as_secs_f64()),
         "remote_keys": snapshot.as_ref().map(|s| remote_keys(&s.verifier)),
         "last_error": state.store.last_error(),

@@ -407,7 +407,8 @@ async fn lockdown_on(args: LockdownOnArgs) -> Result<Report, Failure> {
     let outcome = repo.lockdown_on(&value, meta).await?;
     let text = match outcome.revision {
         Some(revision) => format!(
-            "lockdown on at revision {revision}: {}\n",
+            "lockdown on at revision {revision} (version {}): {}\n",
+            outcome.version.unwrap_or(0),
             describe_lockdown(&value)
         ),
         None => format!(

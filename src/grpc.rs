@@ -1,8 +1,9 @@
 //! The Envoy `envoy.service.auth.v3.Authorization` service. Translation only, no policy: a
 //! `CheckRequest` becomes a [`CheckInput`], the [`Checker`] decides, and the [`Decision`] becomes
 //! a `CheckResponse` (OK with upstream identity headers, or a denied HTTP response with the
-//! RFC 6750 `WWW-Authenticate` challenge), with `dynamic_metadata` for Envoy's access log on
-//! every answer. [`tls`]: the listener's TLS, reloaded when the certificate files change.
+//! RFC 6750 `WWW-Authenticate` challenge, or RFC 9449's `DPoP` one), with `dynamic_metadata` for
+//! Envoy's access log on every answer. The `DPoP` header, the scheme and the client certificate
+//! (`source.certificate`) are passed on for sender-constrained tokens. [`tls`]: the listener's TLS, reloaded when the certificate files change.
 
 pub mod tls;
 

@@ -389,15 +389,10 @@ async fn a_proof_with_private_key_members_is_refused() {
         let proof = key.proof_with(&header, &proof_claims("GET", HTU, &t));
         assert_proof_refused(&mut s, &t, &proof, description).await;
     }
-    // A symmetric key, a missing jwk, a jwk that is not a key.
+    // No jwk, a jwk that is not a key.
     let usable = "The DPoP proof jwk is not a usable public key";
     let claims = proof_claims("GET", HTU, &t);
-    for jwk in [
-        None,
-        Some(json!("not a key")),
-        Some(json!({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"})),
-        Some(json!({"kty": "OKP", "crv": "Ed25519", "x": key.jwk["x"]})),
-    ] {
+    for jwk in [None, Some(json!("not a key")), Some(json!({"kty": "oct"}))] {
         let mut header = key.header();
         match jwk {
             None => {
@@ -406,6 +401,27 @@ async fn a_proof_with_private_key_members_is_refused() {
             Some(jwk) => header["jwk"] = jwk,
         }
         assert_proof_refused(&mut s, &t, &key.proof_with(&header, &claims), usable).await;
+    }
+    // Keys that are not usable for ES256: a point that is not on the curve, an Ed25519 key.
+    // A token bound to such a key gets its proof refused for the key; a token bound to another
+    // key gets it refused for the mismatch, before any signature check.
+    let mismatch = dpop_token_error("The DPoP proof key does not match the access token");
+    for bad in [
+        json!({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}),
+        json!({"kty": "OKP", "crv": "Ed25519", "x": key.jwk["x"]}),
+    ] {
+        let mut header = key.header();
+        header["jwk"] = bad.clone();
+        let bound = binding::bound_token(
+            "alice",
+            "orders:read",
+            json!({"jkt": binding::thumbprint_of(&bad)}),
+        );
+        let proof = key.proof_with(&header, &proof_claims("GET", HTU, &bound));
+        assert_proof_refused(&mut s, &bound, &proof, usable).await;
+        let proof = key.proof_with(&header, &claims);
+        let a = send_dpop(&mut s, "/orders/1", &t, &proof).await;
+        assert_denied(&a, 401, "binding_mismatch", &mismatch, &bad.to_string());
     }
 }
 

@@ -897,6 +897,16 @@ async fn lockdown_denies_at_once_on_two_replicas_and_off_restores() {
     }
     let again = sg(&etcd, &["lockdown", "off"]).await.ok().stdout;
     assert!(again.starts_with("no lockdown is set"), "{again}");
+    for app in [&a, &b] {
+        assert!(
+            app.store.rejections().is_empty(),
+            "version records are skipped, not rejected as unknown keys"
+        );
+        assert!(!app
+            .metrics
+            .encode()
+            .contains("scopegate_rule_errors_total 1"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 use support::idp::{Idp, IdpOptions, TokenRequest, ORDERS_CLIENT, RESOURCE_ES256};
 use support::server::{http_get_status, Answer, TestServer};
@@ -103,7 +102,9 @@ async fn a_rotated_key_is_accepted_at_once_and_a_retired_one_refused_after_refre
     })
     .await;
     let extra = json!({"refresh_min": "1s", "refresh_max": "1h"});
-    let mut server = serve(&idp, extra, &[]).await;
+    // A generous kid-miss wait, so that a loaded test machine does not turn the refetch into
+    // a timeout; the refetch itself is what is checked.
+    let mut server = serve(&idp, extra, &["--jwks-kid-miss-wait", "2s"]).await;
     ready(&server).await;
     let old = idp.jwt("orders:read").await;
     assert_eq!(get(&mut server, &old).await.status, 200);
@@ -122,7 +123,7 @@ async fn a_rotated_key_is_accepted_at_once_and_a_retired_one_refused_after_refre
         answer.body
     );
     assert!(
-        asked.elapsed() < Duration::from_millis(250),
+        asked.elapsed() < Duration::from_secs(2),
         "within the kid-miss wait"
     );
     assert_eq!(idp.stats().await.jwks, 2, "exactly one kid-miss refetch");
@@ -157,17 +158,6 @@ async fn a_rotated_key_is_accepted_at_once_and_a_retired_one_refused_after_refre
     assert_eq!(get(&mut server, &new).await.status, 200);
 }
 
-/// An RS256 token that names `iss` and a random kid, signed by a key no one trusts.
-fn bogus(iss: &str, n: usize) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.typ = Some("at+jwt".into());
-    header.kid = Some(format!("bogus-{n}-{}", uuid::Uuid::new_v4()));
-    let now = support::tokens::now();
-    let claims = json!({"iss": iss, "aud": "orders-api", "sub": "mallory", "scope": "orders:read",
-                        "iat": now, "exp": now + 600});
-    jsonwebtoken::encode(&header, &claims, &support::tokens::attacker_key()).unwrap()
-}
-
 #[tokio::test]
 async fn a_thousand_bogus_kids_cost_the_idp_at_most_the_rate_limited_fetches() {
     let idp = Idp::start().await;
@@ -179,7 +169,7 @@ async fn a_thousand_bogus_kids_cost_the_idp_at_most_the_rate_limited_fetches() {
     for chunk in (0..1000).collect::<Vec<_>>().chunks(50) {
         let requests = chunk.iter().map(|n| {
             let mut client = server.client.clone();
-            let token = bogus(&idp.issuer, *n);
+            let token = support::idp::bogus_kid_token(&idp.issuer, *n);
             async move {
                 let auth = format!("Bearer {token}");
                 let request = support::server::check_request(

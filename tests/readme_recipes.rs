@@ -3,7 +3,9 @@
 //! the real `scopegate` binary on PATH. After each recipe, every value under the prefix must be
 //! one the etcd source accepts (etcdctl mangles quoted values silently, so "it exited 0" is not
 //! enough). README's `http://127.0.0.1:2379` is the test's etcd; `http://127.0.0.1:22379` a second
-//! one (the mirror's destination).
+//! one (the mirror's destination). Each recipe runs in a fresh bash with the environment the
+//! README exports once (`ETCDCTL_API`, `ETCDCTL_ENDPOINTS`, `SCOPEGATE_ETCD_ENDPOINTS`), as in a
+//! reader's shell session, and within a time limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -52,16 +54,28 @@ fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let jwks = std::fs::read_to_string(repo_path("examples/keys/demo-jwks.json")).unwrap();
     std::fs::write(dir.path().join("jwks.json"), &jwks).unwrap();
-    std::fs::write(dir.path().join("next-jwks.json"), jwks.replace("\"kid\": \"", "\"kid\": \"next-")).unwrap();
-    std::fs::write(dir.path().join("rules.yaml"), std::fs::read(repo_path("examples/rules.yaml")).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("next-jwks.json"),
+        jwks.replace("\"kid\": \"", "\"kid\": \"next-"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        std::fs::read(repo_path("examples/rules.yaml")).unwrap(),
+    )
+    .unwrap();
     std::fs::create_dir(dir.path().join("keys")).unwrap();
-    std::fs::copy(repo_path("examples/keys/demo-jwks.json"), dir.path().join("keys/demo-jwks.json")).unwrap();
+    std::fs::copy(
+        repo_path("examples/keys/demo-jwks.json"),
+        dir.path().join("keys/demo-jwks.json"),
+    )
+    .unwrap();
     dir
 }
 
 // The recipes run with the test's PATH plus the scopegate binary.
 #[allow(clippy::disallowed_methods)]
-fn bash(script: &str, dir: &Path) -> Command {
+fn bash(script: &str, dir: &Path, endpoint: &str) -> Command {
     for tool in ["/usr/bin/etcdctl", "/usr/bin/jq"] {
         assert!(
             Path::new(tool).exists(),
@@ -69,29 +83,42 @@ fn bash(script: &str, dir: &Path) -> Command {
         );
     }
     let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let mut command = Command::new("bash");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("timeout");
     command
-        .args(["-euo", "pipefail", "-c", script])
+        .args(["120", "bash", "-euo", "pipefail", "-c", script])
         .current_dir(dir)
         .env("PATH", path)
         .env("USER", "readme")
-        .env_remove("ETCDCTL_ENDPOINTS")
-        .env_remove("SCOPEGATE_ETCD_ENDPOINTS");
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", endpoint)
+        .env("SCOPEGATE_ETCD_ENDPOINTS", endpoint);
     command
 }
 
 /// Every value under the prefix is JSON the etcd source accepts.
 async fn assert_all_valid(kv: &mut Client, recipe: &str) {
-    let all = kv.get(P, Some(GetOptions::new().with_prefix())).await.unwrap();
+    let all = kv
+        .get(P, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     for entry in all.kvs() {
         let key = entry.key_str().unwrap().strip_prefix(P).unwrap();
         if key.starts_with("changes/") {
             continue;
         }
-        let (kind, id) = EntryKind::parse_key(key).unwrap_or_else(|| panic!("unknown key {key} after:\n{recipe}"));
-        let value: serde_json::Value = serde_json::from_slice(entry.value())
-            .unwrap_or_else(|e| panic!("{key} = {:?} is not JSON ({e}) after:\n{recipe}", entry.value_str()));
+        let (kind, id) = EntryKind::parse_key(key)
+            .unwrap_or_else(|| panic!("unknown key {key} after:\n{recipe}"));
+        let value: serde_json::Value = serde_json::from_slice(entry.value()).unwrap_or_else(|e| {
+            panic!(
+                "{key} = {:?} is not JSON ({e}) after:\n{recipe}",
+                entry.value_str()
+            )
+        });
         if let Err(e) = Entry::parse(kind, id, &value, ParseContext { base_dir: None }) {
             panic!("{key} is rejected ({e}) after:\n{recipe}");
         }
@@ -100,23 +127,45 @@ async fn assert_all_valid(kv: &mut Client, recipe: &str) {
 
 async fn value(kv: &mut Client, key: &str) -> (String, i64) {
     let response = kv.get(format!("{P}{key}"), None).await.unwrap();
-    let kv = response.kvs().first().unwrap_or_else(|| panic!("{key} is missing"));
+    let kv = response
+        .kvs()
+        .first()
+        .unwrap_or_else(|| panic!("{key} is missing"));
     (kv.value_str().unwrap().to_string(), kv.mod_revision())
 }
 
 /// The make-mirror recipe runs until stopped: run it until the mirror holds the prefix.
-async fn run_mirror(script: &str, dir: &Path, primary: &mut Client, regional: &EtcdServer) {
-    let child = bash(script, dir).process_group(0).stdout(Stdio::null()).spawn().unwrap();
+async fn run_mirror(script: &str, dir: &Path, primary: &EtcdServer, regional: &EtcdServer) {
+    let child = bash(script, dir, &primary.endpoint())
+        .process_group(0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut primary = primary.client().await;
     let group = ChildGuard(child);
-    let expected = primary.get(P, Some(GetOptions::new().with_prefix())).await.unwrap().kvs().len();
+    let expected = primary
+        .get(P, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .len();
     let endpoint = regional.endpoint();
-    wait_until("make-mirror copied the prefix", Duration::from_secs(30), || {
-        let endpoint = endpoint.clone();
-        async move {
-            let mut kv = Client::connect([endpoint], None).await.unwrap();
-            kv.get(P, Some(GetOptions::new().with_prefix())).await.unwrap().kvs().len() == expected
-        }
-    })
+    wait_until(
+        "make-mirror copied the prefix",
+        Duration::from_secs(30),
+        || {
+            let endpoint = endpoint.clone();
+            async move {
+                let mut kv = Client::connect([endpoint], None).await.unwrap();
+                kv.get(P, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .unwrap()
+                    .kvs()
+                    .len()
+                    == expected
+            }
+        },
+    )
     .await;
     // Stop etcdctl too: it runs in the process group of the bash started above.
     let pgid = format!("-{}", group.0.id());
@@ -127,7 +176,11 @@ async fn run_mirror(script: &str, dir: &Path, primary: &mut Client, regional: &E
 async fn every_etcdctl_recipe_in_the_readme_works_with_etcd_3_4() {
     let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
     let blocks = recipes(&readme);
-    let with_etcdctl = readme.split("```sh\n").skip(1).filter(|b| b.split("```").next().unwrap().contains("etcdctl")).count();
+    let with_etcdctl = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter(|b| b.split("```").next().unwrap().contains("etcdctl"))
+        .count();
     assert_eq!(
         blocks.iter().filter(|b| b.contains("etcdctl")).count(),
         with_etcdctl,
@@ -144,12 +197,13 @@ async fn every_etcdctl_recipe_in_the_readme_works_with_etcd_3_4() {
             .replace("http://127.0.0.1:22379", &regional.endpoint())
             .replace("http://127.0.0.1:2379", &etcd.endpoint());
         if script.contains("make-mirror") {
-            run_mirror(&script, dir.path(), &mut kv, &regional).await;
+            run_mirror(&script, dir.path(), &etcd, &regional).await;
             continue;
         }
         let output = tokio::task::spawn_blocking({
-            let (script, dir) = (script.clone(), dir.path().to_path_buf());
-            move || bash(&script, &dir).output().unwrap()
+            let (script, dir, endpoint) =
+                (script.clone(), dir.path().to_path_buf(), etcd.endpoint());
+            move || bash(&script, &dir, &endpoint).output().unwrap()
         })
         .await
         .unwrap();
@@ -163,13 +217,19 @@ async fn every_etcdctl_recipe_in_the_readme_works_with_etcd_3_4() {
         if block.contains("etcdctl txn") {
             let (route, at) = value(&mut kv, "routes/reports").await;
             let (scope, scope_at) = value(&mut kv, "scopes/analyst").await;
-            assert_eq!(route, r#"{"host":"api.example.com","path":"/reports/**","require":{"all":["reports:read"]}}"#);
+            assert_eq!(
+                route,
+                r#"{"host":"api.example.com","path":"/reports/**","require":{"all":["reports:read"]}}"#
+            );
             assert_eq!(scope, r#"{"implies":["reports:read"]}"#);
             assert_eq!(at, scope_at, "both keys in one revision");
         }
         if block.contains("GOOD_REVISION") {
             let (route, _) = value(&mut kv, "routes/orders-read").await;
-            assert!(route.contains("orders:read") && !route.contains("orders:admin"), "rolled back: {route}");
+            assert!(
+                route.contains("orders:read") && !route.contains("orders:admin"),
+                "rolled back: {route}"
+            );
         }
     }
 }

@@ -108,6 +108,11 @@ impl Plan {
         digest_of(values.into_iter())
     }
 
+    /// What committing the plan would report, without writing anything.
+    pub fn preview(&self) -> Outcome {
+        self.outcome(None, None)
+    }
+
     fn outcome(&self, revision: Option<i64>, version: Option<u64>) -> Outcome {
         let changes = self.changes();
         let keys = |action| -> Vec<String> {

@@ -141,11 +141,9 @@ impl Repo {
             .collect();
         plan.ops
             .extend(expired.into_iter().map(|k| (k, Op::Delete)));
-        if dry_run {
-            let mut outcome = self.commit(Plan::new(plan.base.clone()), meta).await?;
-            outcome.deleted = plan.ops.keys().cloned().collect();
-            return Ok(outcome);
+        match dry_run {
+            true => Ok(plan.preview()),
+            false => self.commit(plan, meta).await,
         }
-        self.commit(plan, meta).await
     }
 }

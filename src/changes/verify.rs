@@ -265,7 +265,7 @@ fn check_unrecorded(
                 "revision {revision} (before the first record) changed {what}"
             )),
             _ => f.notes.push(format!(
-                "revision {revision} changed revocations without a record: {what}"
+                "revision {revision} changed {what} without a record (outside the versioned rule set)"
             )),
         }
     }

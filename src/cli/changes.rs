@@ -256,3 +256,84 @@ pub struct GcArgs {
     #[command(flatten)]
     pub common: Common,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::super::{Cli, Command, RulesCommand};
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Command, String> {
+        let mut full = vec!["scopegate"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_args(full)
+            .map(|cli| cli.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_subcommand_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn change_commands_share_the_etcd_flags_of_serve() {
+        let Ok(Command::Rules(RulesCommand::Apply(args))) = parse(&[
+            "rules",
+            "apply",
+            "r.yaml",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--etcd-prefix",
+            "/p/",
+            "--expect-revision",
+            "7",
+            "-m",
+            "why",
+        ]) else {
+            panic!("not rules apply")
+        };
+        let settings = args.common.etcd_settings().unwrap();
+        assert_eq!(settings.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(settings.prefix, "/p/");
+        assert_eq!(args.expect_revision, Some(7));
+        assert_eq!(args.who.message.as_deref(), Some("why"));
+        assert_eq!(args.common.output, OutputArg::Text);
+    }
+
+    #[test]
+    fn a_password_argument_is_refused_by_every_command() {
+        for argv in [
+            &["rules", "history", "--etcd-password", "pw"][..],
+            &["lockdown", "status", "--etcd-password", "pw"],
+            &["audit", "verify", "--etcd-password", "pw"],
+        ] {
+            let err = parse(argv).map(|_| ()).unwrap_err();
+            assert!(err.contains("never taken from the command line"), "{err}");
+        }
+    }
+
+    #[test]
+    fn endpoints_are_required_and_lockdown_flags_parse() {
+        let Ok(Command::Lockdown(LockdownCommand::On(args))) = parse(&[
+            "lockdown",
+            "on",
+            "--method",
+            "POST,DELETE",
+            "--host",
+            "api.example.com",
+            "--reason",
+            "INC-1",
+            "--expires-in",
+            "2h",
+        ]) else {
+            panic!("not lockdown on")
+        };
+        assert_eq!(args.methods, ["POST", "DELETE"]);
+        assert_eq!(args.expires_in.map(|d| d.as_secs()), Some(7200));
+        let err = args.common.etcd_settings().unwrap_err().to_string();
+        assert!(err.contains("--etcd-endpoints"), "{err}");
+        assert!(parse(&["lockdown", "on", "--all", "--host", "h", "--reason", "x"]).is_err());
+    }
+}

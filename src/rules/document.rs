@@ -281,8 +281,16 @@ revoked:
         for format in [Format::Yaml, Format::Json] {
             let (out, skipped) = render(&with_lockdown, format).unwrap();
             assert_eq!(skipped, ["lockdown"]);
-            let name = if format == Format::Json { "r.json" } else { "r.yaml" };
-            assert_eq!(read_entries(&out, Path::new(name)).unwrap(), entries, "{out}");
+            let name = if format == Format::Json {
+                "r.json"
+            } else {
+                "r.yaml"
+            };
+            assert_eq!(
+                read_entries(&out, Path::new(name)).unwrap(),
+                entries,
+                "{out}"
+            );
         }
     }
 }

@@ -225,10 +225,12 @@ fn check_proof(
         now,
         iat_window: settings.iat_window,
     };
-    let verified = dpop::verify_proof(proof, &ctx).map_err(BindingError::Proof)?;
-    if verified.jkt != jkt {
+    let header = dpop::parse_proof(proof).map_err(BindingError::Proof)?;
+    // Before the signature: a key the token is not bound to is refused without verifying.
+    if header.jkt != jkt {
         return Err(BindingError::KeyMismatch);
     }
+    let verified = header.verify(&ctx).map_err(BindingError::Proof)?;
     if !replay.first_use(&verified, now) {
         return Err(BindingError::Proof(DpopError::Replayed));
     }

@@ -142,6 +142,23 @@ struct ProofClaims {
 
 /// Verifies one proof against its request. Never panics on any input.
 pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof, DpopError> {
+    parse_proof(proof)?.verify(ctx)
+}
+
+/// A proof whose header passed (`typ`, `alg`, a public `jwk` with a thumbprint), not verified
+/// yet: the caller compares [`ProofHeader::jkt`] with the token's `cnf.jkt` first, so a proof by
+/// a key the token is not bound to costs no signature check.
+#[derive(Debug)]
+pub struct ProofHeader<'a> {
+    proof: &'a str,
+    alg: Algorithm,
+    jwk: Value,
+    /// RFC 7638 SHA-256 thumbprint of the embedded key, base64url.
+    pub jkt: String,
+}
+
+/// Reads and checks a proof's header. Never panics on any input.
+pub fn parse_proof(proof: &str) -> Result<ProofHeader<'_>, DpopError> {
     if proof.len() > MAX_PROOF_BYTES {
         return Err(DpopError::TooLarge);
     }
@@ -151,28 +168,42 @@ pub fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof
     else {
         return Err(DpopError::Malformed);
     };
-    let header = decode_json_object(header)?;
+    let mut header = decode_json_object(header)?;
     let alg = check_header(&header)?;
     if signature.is_empty() {
         return Err(DpopError::Signature);
     }
-    let jwk = public_jwk(&header)?;
-    let key = jwks::keys_from_jwks(&json!({ "keys": [jwk] }), &[alg])
-        .ok()
-        .and_then(|set| set.keys.into_iter().next())
-        .ok_or(DpopError::Key)?;
-    let claims: ProofClaims = jsonwebtoken::decode(proof, &key.key, &proof_validation(alg))
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_) => DpopError::Claims,
-            _ => DpopError::Signature,
-        })?
-        .claims;
-    check_claims(&claims, ctx)?;
-    Ok(VerifiedProof {
-        jkt: jwk_thumbprint(jwk).ok_or(DpopError::Key)?,
-        jti: claims.jti,
-        iat: claims.iat,
+    let jwk = public_jwk(&mut header)?;
+    let jkt = jwk_thumbprint(&jwk).ok_or(DpopError::Key)?;
+    Ok(ProofHeader {
+        proof,
+        alg,
+        jwk,
+        jkt,
     })
+}
+
+impl ProofHeader<'_> {
+    /// The key (validated as issuer keys are), the signature, then the claims against `ctx`.
+    pub fn verify(self, ctx: &ProofContext<'_>) -> Result<VerifiedProof, DpopError> {
+        let key = jwks::keys_from_jwks(&json!({ "keys": [self.jwk] }), &[self.alg])
+            .ok()
+            .and_then(|set| set.keys.into_iter().next())
+            .ok_or(DpopError::Key)?;
+        let validation = proof_validation(self.alg);
+        let claims: ProofClaims = jsonwebtoken::decode(self.proof, &key.key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::Json(_) => DpopError::Claims,
+                _ => DpopError::Signature,
+            })?
+            .claims;
+        check_claims(&claims, ctx)?;
+        Ok(VerifiedProof {
+            jkt: self.jkt,
+            jti: claims.jti,
+            iat: claims.iat,
+        })
+    }
 }
 
 fn decode_json_object(part: &str) -> Result<Map<String, Value>, DpopError> {
@@ -205,9 +236,9 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, DpopError> {
     Ok(alg)
 }
 
-/// The embedded `jwk`: an object with no private or symmetric members.
-fn public_jwk(header: &Map<String, Value>) -> Result<&Value, DpopError> {
-    let jwk = header.get("jwk").ok_or(DpopError::Key)?;
+/// The embedded `jwk` (taken out of the header): an object with no private or symmetric members.
+fn public_jwk(header: &mut Map<String, Value>) -> Result<Value, DpopError> {
+    let jwk = header.remove("jwk").ok_or(DpopError::Key)?;
     let members = jwk.as_object().ok_or(DpopError::Key)?;
     if PRIVATE_MEMBERS.iter().any(|m| members.contains_key(*m)) {
         return Err(DpopError::PrivateKey);

@@ -68,24 +68,9 @@ impl DpopKey {
         }
     }
 
-    /// RFC 7638 thumbprint, written out by hand for the two key types used here.
+    /// RFC 7638 thumbprint of this key.
     pub fn thumbprint(&self) -> String {
-        let j = &self.jwk;
-        let canonical = match j["kty"].as_str().unwrap() {
-            "EC" => format!(
-                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-                j["crv"].as_str().unwrap(),
-                j["x"].as_str().unwrap(),
-                j["y"].as_str().unwrap()
-            ),
-            "OKP" => format!(
-                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
-                j["crv"].as_str().unwrap(),
-                j["x"].as_str().unwrap()
-            ),
-            other => panic!("no thumbprint for kty {other}"),
-        };
-        b64(Sha256::digest(canonical.as_bytes()))
+        thumbprint_of(&self.jwk)
     }
 
     /// The standard proof header for this key.
@@ -102,6 +87,25 @@ impl DpopKey {
     pub fn proof_with(&self, header: &Value, claims: &Value) -> String {
         sign_raw(header, claims, self.alg, &self.key)
     }
+}
+
+/// RFC 7638 thumbprint of an EC or OKP JWK, written out by hand (not scopegate's code).
+pub fn thumbprint_of(j: &Value) -> String {
+    let canonical = match j["kty"].as_str().unwrap() {
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            j["crv"].as_str().unwrap(),
+            j["x"].as_str().unwrap(),
+            j["y"].as_str().unwrap()
+        ),
+        "OKP" => format!(
+            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+            j["crv"].as_str().unwrap(),
+            j["x"].as_str().unwrap()
+        ),
+        other => panic!("no thumbprint for kty {other}"),
+    };
+    b64(Sha256::digest(canonical.as_bytes()))
 }
 
 pub fn alg_name(alg: Algorithm) -> &'static str {

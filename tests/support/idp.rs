@@ -36,6 +36,9 @@ use super::repo_path;
 const INSTALL_HINT: &str = "this test needs a real OpenID provider: Node.js 20+ with npm, and the \
      pinned packages in tests/idp (run `scripts/setup.sh --test`, or `npm ci --prefix tests/idp`)";
 
+/// How long the IdP may take to print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Audience of every resource server of the test IdP (`aud` of its access tokens).
 pub const AUDIENCE: &str = "orders-api";
 /// Resource indicator (RFC 8707) for RS256-signed JWT access tokens.
@@ -261,6 +264,23 @@ impl DpopKey {
     }
 }
 
+/// A compact JWS that names `iss` and a distinct bogus `kid` (`n` and a UUID), RS256, with
+/// random signature bytes: no key is ever tried for it, since its kid matches none.
+pub fn bogus_kid_token(iss: &str, n: usize) -> String {
+    let now = unix_now();
+    let header = json!({"alg": "RS256", "typ": "at+jwt",
+                        "kid": format!("bogus-{n:05}-{}", uuid::Uuid::new_v4())});
+    let claims = json!({"iss": iss, "aud": AUDIENCE, "sub": "mallory", "scope": "orders:read",
+                        "iat": now, "exp": now + 3600});
+    let signature: Vec<u8> = (0..256).map(|_| fastrand::u8(..)).collect();
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
 /// base64url(SHA-256(access token)): a DPoP proof's `ath`.
 pub fn ath(access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
@@ -393,7 +413,8 @@ impl Idp {
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         self.child = Some(child);
-        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        // Generous: it generates RSA keys, and a loaded 2-CPU machine may take a while.
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(STARTUP_TIMEOUT))
             .await
             .unwrap();
         let Ok(line) = line
@@ -401,7 +422,9 @@ impl Idp {
             .and_then(|l| if l.is_empty() { Err(()) } else { Ok(l) })
         else {
             let log = self.stop_and_collect();
-            panic!("the test IdP did not start within 30 s: {log}\n({INSTALL_HINT})");
+            panic!(
+                "the test IdP did not start within {STARTUP_TIMEOUT:?}: {log}\n({INSTALL_HINT})"
+            );
         };
         let started: Value = serde_json::from_str(line.trim()).unwrap();
         self.port = started["port"].as_u64().unwrap() as u16;
