@@ -1,5 +1,6 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Kid-miss burst: 10,000 tokens that name the real test IdP as issuer, each with a distinct
-//! bogus `kid` (signed by a key no one trusts), against an in-process scopegate whose keys come
+//! bogus `kid` (and random signature bytes), against an in-process scopegate whose keys come
 //! from the IdP by discovery. Reports what the burst costs the IdP (JWKS fetches, counted by the
 //! IdP itself) and what it costs scopegate per request: over real gRPC (concurrency 64), and in
 //! the Check handler alone (polled once: a rate-limited miss never waits), next to a cached

@@ -2,7 +2,8 @@
 # Side-by-side Envoy benchmark (results: docs/benchmarks-envoy.md). The same route, the same
 # valid RS256 token and the same wrk load against four Envoy set-ups, interleaved over rounds:
 #   A      Envoy alone (no authorization)
-#   B      Envoy with in-process jwt_authn (local JWKS, JWT cache) + RBAC requiring the scope
+#   B0     Envoy with in-process jwt_authn (local JWKS, no JWT cache) + RBAC requiring the scope
+#   B      the same with jwt_authn's JWT cache (jwt_cache_config)
 #   N      Envoy + ext_authz (gRPC) -> noop_authz (allows everything: the protocol floor)
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
@@ -106,13 +107,21 @@ ext_authz_filter() { # cluster
                 timeout: 0.5s
               failure_mode_allow: false
               status_on_error: { code: ServiceUnavailable }
+              # As examples/envoy/envoy.yaml: the credential, the DPoP proof, and the identity
+              # headers scopegate must see to remove client-forged copies.
               allowed_headers:
                 patterns:
                 - exact: authorization
+                - exact: dpop
+                - exact: x-scopegate-subject
+                - exact: x-scopegate-client-id
+                - exact: x-scopegate-scopes
 EOF
 }
 
-jwt_rbac_filters() {
+jwt_rbac_filters() { # "cache" to enable jwt_authn's verified-JWT cache
+  local cache=""
+  [[ ${1:-} == cache ]] && cache="jwt_cache_config: { jwt_cache_size: 1000 }"
   cat <<EOF
           - name: envoy.filters.http.jwt_authn
             typed_config:
@@ -127,7 +136,7 @@ jwt_rbac_filters() {
                   payload_in_metadata: jwt_payload
                   normalize_payload_in_metadata:
                     space_delimited_claims: [scope]
-                  jwt_cache_config: { jwt_cache_size: 1000 }
+                  $cache
               rules:
               - match: { prefix: / }
                 requires: { provider_name: demo }
@@ -200,7 +209,7 @@ ${4:-  []}
 EOF
 }
 
-variants=(A B N S S+log)
+variants=(A B0 B N S S+log)
 declare -A port envoy_pid
 declare -A authz_pid=([N]=$noop_pid [S]=$sg_off_pid [S+log]=$sg_all_pid)
 start_envoy() { # variant filters clusters
@@ -215,7 +224,8 @@ start_envoy() { # variant filters clusters
   port[$v]=$listen
 }
 start_envoy A "" ""
-start_envoy B "$(jwt_rbac_filters)" ""
+start_envoy B0 "$(jwt_rbac_filters)" ""
+start_envoy B "$(jwt_rbac_filters cache)" ""
 start_envoy N "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_port")"
 start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")"
 start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")"
@@ -284,7 +294,7 @@ echo "median over $rounds rounds:"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-order = ["A", "B", "N", "S", "S+log"]
+order = ["A", "B0", "B", "N", "S", "S+log"]
 med = {}
 for v in order:
     rs = [r for r in rows if r[0] == v]
@@ -294,7 +304,7 @@ for v in order:
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
 for s in ("S", "S+log"):
-    for base in ("N", "B", "A"):
+    for base in ("N", "B0", "B", "A"):
         print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f}   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
 EOF
 

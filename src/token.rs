@@ -353,7 +353,7 @@ impl Verifier {
     }
 
     fn issuer_of(&self, token: &str) -> Result<(&IssuerConfig, Header), TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| header_error(token, e))?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed("crit header is not supported".into()));
         }
@@ -461,6 +461,29 @@ fn typ_matches(typ: Option<&str>, required: &str) -> bool {
             .unwrap_or(lower)
     };
     strip(typ) == strip(required)
+}
+
+/// A header jsonwebtoken cannot read: when it names an algorithm nobody may use (`none`, or one
+/// jsonwebtoken does not know), say so (`algorithm_not_allowed`), else it is malformed.
+/// Only on the error path: the header is decoded a second time here.
+fn header_error(token: &str, e: jsonwebtoken::errors::Error) -> TokenError {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct AlgPeek {
+        alg: String,
+    }
+    let segments = token.split('.').count();
+    let head = token.split('.').next().unwrap_or("");
+    let peek = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<AlgPeek>(&json).ok());
+    match peek {
+        Some(p) if segments == 3 && parse_algorithm(&p.alg).is_none() => {
+            TokenError::AlgorithmNotAllowed(p.alg.chars().take(16).collect())
+        }
+        _ => malformed(e),
+    }
 }
 
 fn malformed(e: jsonwebtoken::errors::Error) -> TokenError {

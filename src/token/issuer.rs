@@ -487,6 +487,21 @@ mod tests {
         }
     }
 
+    /// RFC 8725 §3.1: with keys for both families given, the mixing rule itself refuses.
+    #[test]
+    fn hmac_and_public_key_algorithms_are_never_mixed() {
+        let mixed = json!({"issuer":"i","audiences":["a"],"algorithms":["RS256","HS256"],
+                           "jwks_file":"demo-jwks.json","hmac_secret_file":"demo-hs256.secret"});
+        let err = IssuerConfig::from_json("x", &mixed, Some(&keys_dir())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "algorithms: do not mix HMAC (HS*) and public-key algorithms in one issuer (RFC 8725 §3.1)"
+        );
+        let hs_only = json!({"issuer":"i","audiences":["a"],"algorithms":["HS256"],
+                             "hmac_secret_file":"demo-hs256.secret"});
+        assert!(IssuerConfig::from_json("x", &hs_only, Some(&keys_dir())).is_ok());
+    }
+
     #[test]
     fn skipped_keys_are_kept_on_the_issuer() {
         let jwks: Value = serde_json::from_str(
