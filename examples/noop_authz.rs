@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
 };
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
 use tonic::{Request, Response, Status};
 
@@ -29,17 +30,49 @@ struct Args {
     /// gRPC listen address (loopback only).
     #[arg(long, default_value = "127.0.0.1:9193")]
     listen: SocketAddr,
+    /// Answer with what scopegate answers on an allow (three identity headers overwritten and
+    /// the dynamic metadata with its eight fields, fixed values), to measure Envoy's cost of
+    /// that answer apart from scopegate's own work.
+    #[arg(long)]
+    same_answer: bool,
 }
 
-struct AllowAll;
+struct AllowAll {
+    same_answer: bool,
+}
 
 #[tonic::async_trait]
 impl Authorization for AllowAll {
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let mut response = CheckResponse::with_status(Status::ok("allowed"));
-        response.set_http_response(OkHttpResponseBuilder::new());
+        let mut ok = OkHttpResponseBuilder::new();
+        if self.same_answer {
+            for (name, value) in [
+                ("x-scopegate-subject", "alice"),
+                ("x-scopegate-client-id", "demo-client"),
+                ("x-scopegate-scopes", "orders:read"),
+            ] {
+                ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+            }
+            response.dynamic_metadata = Some(scopegate_like_metadata());
+        }
+        response.set_http_response(ok);
         Ok(Response::new(response))
     }
+}
+
+fn scopegate_like_metadata() -> Struct {
+    let text = |s: &str| Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let fields = [
+        ("decision_id", text("0123456789abcdef0123456789abcdef")),
+        ("decision", text("allow")),
+        ("reason", text("allowed")),
+        ("rule_id", text("orders-read")),
+        ("revision", Value { kind: Some(Kind::NumberValue(1.0)) }),
+        ("subject", text("alice")),
+        ("client_id", text("demo-client")),
+    ];
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
 }
 
 #[tokio::main]
@@ -52,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AuthorizationServer::new(AllowAll))
+        .add_service(AuthorizationServer::new(AllowAll { same_answer: args.same_answer }))
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })

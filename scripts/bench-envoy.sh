@@ -5,6 +5,8 @@
 #   B0     Envoy with in-process jwt_authn (local JWKS, no JWT cache) + RBAC requiring the scope
 #   B      the same with jwt_authn's JWT cache (jwt_cache_config)
 #   N      Envoy + ext_authz (gRPC) -> noop_authz (allows everything: the protocol floor)
+#   N+ans  the same, noop_authz --same-answer: scopegate's allow answer (identity headers and
+#          dynamic metadata) with no work behind it, so Envoy's cost of the answer shows apart
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
@@ -78,6 +80,10 @@ noop_port=$(free_port)
 "$bin/examples/noop_authz" --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
 pids+=($!)
 noop_pid=$!
+noop_answer_port=$(free_port)
+"$bin/examples/noop_authz" --listen "127.0.0.1:$noop_answer_port" --same-answer 2>"$work/noop-answer.log" &
+pids+=($!)
+noop_answer_pid=$!
 
 start_scopegate() { # name decision-log-mode -> sets sg_port
   local name=$1 mode=$2 admin
@@ -209,9 +215,9 @@ ${4:-  []}
 EOF
 }
 
-variants=(A B0 B N S S+log)
+variants=(A B0 B N N+ans S S+log)
 declare -A port envoy_pid
-declare -A authz_pid=([N]=$noop_pid [S]=$sg_off_pid [S+log]=$sg_all_pid)
+declare -A authz_pid=([N]=$noop_pid [N+ans]=$noop_answer_pid [S]=$sg_off_pid [S+log]=$sg_all_pid)
 start_envoy() { # variant filters clusters
   local v=$1 listen admin file
   listen=$(free_port) admin=$(free_port) file="$work/envoy-${v/+/-}.yaml"
@@ -227,6 +233,7 @@ start_envoy A "" ""
 start_envoy B0 "$(jwt_rbac_filters)" ""
 start_envoy B "$(jwt_rbac_filters cache)" ""
 start_envoy N "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_port")"
+start_envoy N+ans "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_answer_port")"
 start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")"
 start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")"
 
@@ -243,7 +250,7 @@ echo "sanity (status with token / with a token lacking the scope / without token
 for v in "${variants[@]}"; do
   ok=$(status "$v" "$token") weak_status=$(status "$v" "$weak") none=$(status "$v" "")
   printf '  %-6s %s / %s / %s\n' "$v" "$ok" "$weak_status" "$none"
-  case $v in A | N) expect=200/200/200 ;; *) expect=200/403/401 ;; esac
+  case $v in A | N | N+ans) expect=200/200/200 ;; *) expect=200/403/401 ;; esac
   if [[ $ok/$weak_status/$none != "$expect" ]]; then
     echo "bench: $v answers $ok/$weak_status/$none, expected $expect; logs:" >&2
     tail -n 20 "$work"/*.log >&2
@@ -294,7 +301,7 @@ echo "median over $rounds rounds:"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-order = ["A", "B0", "B", "N", "S", "S+log"]
+order = ["A", "B0", "B", "N", "N+ans", "S", "S+log"]
 med = {}
 for v in order:
     rs = [r for r in rows if r[0] == v]
@@ -304,7 +311,7 @@ for v in order:
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
 for s in ("S", "S+log"):
-    for base in ("N", "B0", "B", "A"):
+    for base in ("N", "N+ans", "B0", "B", "A"):
         print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f}   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
 EOF
 

@@ -48,9 +48,13 @@ pub enum DecisionLogMode {
 /// logging applies backpressure instead of dropping audit lines. Keep the returned guard alive
 /// until exit: dropping it flushes what is buffered.
 pub fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    // The writer thread drains every line queued so far, then flushes: behind a BufWriter one
+    // burst of lines costs one write(2) instead of one per line (stdout is line-buffered), which
+    // matters on a 2-CPU node where that thread competes with Envoy.
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(stdout);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
