@@ -53,7 +53,11 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     if let Some(age) = state.store.age() {
-        state.metrics.source.snapshot_age_seconds.set(age.as_secs_f64());
+        state
+            .metrics
+            .source
+            .snapshot_age_seconds
+            .set(age.as_secs_f64());
     }
     if let Some(snapshot) = state.store.current() {
         let ages = snapshot

@@ -111,11 +111,12 @@ impl Checker {
             self.metrics.check.cache_hits.inc();
             return Credential::Valid(claims);
         }
-        self.metrics.check.cache_misses.inc();
         let introspectors = snapshot.verifier.introspectors();
         if !introspectors.is_empty() && introspect::is_opaque(token) {
+            // Not a JWT: never in the claims cache (introspection answers have their own).
             return self.opaque(snapshot, token, pass);
         }
+        self.metrics.check.cache_misses.inc();
         let verified = snapshot.verifier.verify_detailed(token);
         match verified.result {
             Ok(claims) => {

@@ -70,3 +70,62 @@ impl IdpArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use crate::config::{self, Config};
+
+    fn serve(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["scopegate", "serve", "--rules", "r.yaml"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_args(argv).map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            return Err("not serve".into());
+        };
+        args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_come_from_the_named_constants() {
+        let config = serve(&[]).unwrap();
+        assert_eq!(config.keys, config::RemoteKeySettings::default());
+        assert_eq!(config.keys.refresh_min, config::DEFAULT_REFRESH_MIN);
+        assert_eq!(config.keys.kid_miss_wait, config::DEFAULT_KID_MISS_WAIT);
+        assert_eq!(
+            config.keys_ready_timeout,
+            config::DEFAULT_KEYS_READY_TIMEOUT
+        );
+        assert_eq!(
+            config.check.introspection.cache_ttl,
+            config::DEFAULT_INTROSPECTION_CACHE_TTL
+        );
+    }
+
+    #[test]
+    fn refresh_bounds_are_checked() {
+        let config = serve(&[
+            "--jwks-refresh-min",
+            "30s",
+            "--jwks-kid-miss-interval",
+            "1m",
+        ]);
+        let keys = config.unwrap().keys;
+        assert_eq!(keys.refresh_min.as_secs(), 30);
+        assert_eq!(keys.kid_miss_interval.as_secs(), 60);
+        for (flags, want) in [
+            (
+                &["--jwks-refresh-min", "2h"][..],
+                "must not exceed --jwks-refresh-max",
+            ),
+            (&["--jwks-refresh-min", "0s"][..], "at least 1s"),
+            (
+                &["--introspection-timeout", "0s"][..],
+                "--introspection-timeout must be positive",
+            ),
+        ] {
+            let err = serve(flags).unwrap_err();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+    }
+}

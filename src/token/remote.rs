@@ -358,19 +358,28 @@ impl Shared {
             .fingerprints
             .iter()
             .any(|f| !set.fingerprints.contains(f));
-        let (count, skipped) = (set.keys.len(), set.skipped.len());
+        let changed = removed || old.fingerprints.len() != set.fingerprints.len();
+        if changed || old.fetched_at.is_none() {
+            self.log_change(&set, removed);
+        }
         self.keys.store(Arc::new(set));
         if removed {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        let kind = if old.fetched_at.is_none() {
-            "loaded"
-        } else {
-            "refreshed"
-        };
-        tracing::info!(issuer = %self.name, keys = count, skipped, removed, "JWKS {kind}");
         if let Some(changed) = &self.changed {
             changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A new or changed set: its kids, and the keys it skipped with why (logged once per
+    /// change, not on every refresh).
+    fn log_change(&self, set: &KeySet, removed: bool) {
+        let kids: Vec<&str> = set.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        tracing::info!(issuer = %self.name, ?kids, skipped = set.skipped.len(), removed,
+            "JWKS in force");
+        for skipped in set.skipped.iter().filter(|s| !s.is_expected()) {
+            tracing::warn!(issuer = %self.name, index = skipped.index, kid = ?skipped.kid,
+                reason = %skipped.reason, "fetched JWKS key skipped");
         }
     }
 
@@ -553,10 +562,6 @@ fn parse_key_set(body: &[u8], algorithms: &[Algorithm]) -> Result<KeySet, Reject
         .filter(|(i, _)| !loaded.skipped.iter().any(|s| s.index == *i))
         .map(|(_, key)| Sha256::digest(key.to_string().as_bytes()).into())
         .collect();
-    for skipped in loaded.skipped.iter().filter(|s| !s.is_expected()) {
-        tracing::warn!(index = skipped.index, kid = ?skipped.kid, reason = %skipped.reason,
-            "fetched JWKS key skipped");
-    }
     Ok(KeySet {
         keys: loaded.keys,
         skipped: loaded.skipped,
