@@ -96,7 +96,9 @@ impl Replica {
         let admin = self.admin_addr();
         let what = format!("replica {} ready", self.name);
         wait_until(&what, Duration::from_secs(30), || async move {
-            try_http_get(admin, "/readyz").await.is_ok_and(|(status, _)| status == 200)
+            try_http_get(admin, "/readyz")
+                .await
+                .is_ok_and(|(status, _)| status == 200)
         })
         .await;
     }

@@ -27,6 +27,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_methods,
+    clippy::disallowed_types,
     reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
 )]
 

@@ -11,6 +11,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_methods,
+    clippy::disallowed_types,
     reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
 )]
 
@@ -21,8 +22,8 @@ use clap::Parser;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
 };
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Request, Response, Status};
 
 #[derive(Parser)]
@@ -52,7 +53,12 @@ impl Authorization for AllowAll {
                 ("x-scopegate-client-id", "demo-client"),
                 ("x-scopegate-scopes", "orders:read"),
             ] {
-                ok.add_header(name, value, Some(HeaderAppendAction::OverwriteIfExistsOrAdd), false);
+                ok.add_header(
+                    name,
+                    value,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
             }
             response.dynamic_metadata = Some(scopegate_like_metadata());
         }
@@ -62,17 +68,29 @@ impl Authorization for AllowAll {
 }
 
 fn scopegate_like_metadata() -> Struct {
-    let text = |s: &str| Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
     let fields = [
         ("decision_id", text("0123456789abcdef0123456789abcdef")),
         ("decision", text("allow")),
         ("reason", text("allowed")),
         ("rule_id", text("orders-read")),
-        ("revision", Value { kind: Some(Kind::NumberValue(1.0)) }),
+        (
+            "revision",
+            Value {
+                kind: Some(Kind::NumberValue(1.0)),
+            },
+        ),
         ("subject", text("alice")),
         ("client_id", text("demo-client")),
     ];
-    Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+    Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
 }
 
 #[tokio::main]
@@ -85,7 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AuthorizationServer::new(AllowAll { same_answer: args.same_answer }))
+        .add_service(AuthorizationServer::new(AllowAll {
+            same_answer: args.same_answer,
+        }))
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;
         })

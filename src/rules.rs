@@ -205,9 +205,7 @@ impl Entry {
             EntryKind::Lockdown => Lockdown::from_json(value)
                 .map(|l| Entry::Lockdown(Arc::new(l)))
                 .map_err(err),
-            EntryKind::Settings => Settings::from_json(value)
-                .map(Entry::Settings)
-                .map_err(err),
+            EntryKind::Settings => Settings::from_json(value).map(Entry::Settings).map_err(err),
         }
     }
 }
@@ -386,12 +384,16 @@ impl RuleSet {
             EntryKind::Route => self.routes.get(id).cloned().map(Entry::Route),
             EntryKind::Scope => self.scopes.get(id).cloned().map(Entry::Scope),
             EntryKind::RevokedJti => self.revoked_jti.get(id).copied().map(Entry::RevokedJti),
-            EntryKind::RevokedSubject => {
-                self.revoked_subjects.get(id).copied().map(Entry::RevokedSubject)
-            }
-            EntryKind::RevokedClient => {
-                self.revoked_clients.get(id).copied().map(Entry::RevokedClient)
-            }
+            EntryKind::RevokedSubject => self
+                .revoked_subjects
+                .get(id)
+                .copied()
+                .map(Entry::RevokedSubject),
+            EntryKind::RevokedClient => self
+                .revoked_clients
+                .get(id)
+                .copied()
+                .map(Entry::RevokedClient),
             EntryKind::Lockdown => self.lockdown.clone().map(Entry::Lockdown),
             EntryKind::Settings => self.settings.map(Entry::Settings),
         }
@@ -460,7 +462,10 @@ mod tests {
         let Entry::RevokedJti(r) = e else { panic!() };
         assert_eq!(r.expires_at, Some(100));
         assert!(in_force(r.expires_at, 99));
-        assert!(!in_force(r.expires_at, 100), "stops applying exactly at expires_at");
+        assert!(
+            !in_force(r.expires_at, 100),
+            "stops applying exactly at expires_at"
+        );
         assert!(in_force(None, i64::MAX));
         let e = Entry::parse(
             EntryKind::RevokedSubject,
@@ -471,7 +476,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             e,
-            Entry::RevokedSubject(IssuedBefore { issued_before: 5, expires_at: Some(7) })
+            Entry::RevokedSubject(IssuedBefore {
+                issued_before: 5,
+                expires_at: Some(7)
+            })
         ));
     }
 
@@ -518,8 +526,7 @@ mod tests {
         for bad in ["", "a/b", "a\u{0}b", &"x".repeat(513)] {
             let err = Entry::parse(EntryKind::Route, bad, &valid, CTX).unwrap_err();
             assert_eq!(
-                err.message,
-                "id must be 1..512 printable characters (and contain no '/')",
+                err.message, "id must be 1..512 printable characters (and contain no '/')",
                 "{bad:?}"
             );
         }

@@ -529,6 +529,9 @@ mod tests {
         assert_eq!(v["client_id"], "web \"quoted\"\n");
         assert_eq!(v["rule_id"], "orders-read");
         assert!(v.get("subject").is_none() && v.get("would_deny").is_none());
-        assert_eq!((v["status"].as_u64(), v["revision"].as_i64()), (Some(403), Some(7)));
+        assert_eq!(
+            (v["status"].as_u64(), v["revision"].as_i64()),
+            (Some(403), Some(7))
+        );
     }
 }

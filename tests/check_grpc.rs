@@ -386,12 +386,8 @@ async fn shutdown_drains_a_check_in_flight() {
     h2 = h2.ready().await.unwrap();
     let (response, mut body) = h2.send_request(request, false).unwrap();
     // Half of the gRPC frame now, the rest after shutdown has begun.
-    let message = prost::Message::encode_to_vec(&check_request(
-        "GET",
-        "anything.example",
-        "/healthz",
-        &[],
-    ));
+    let message =
+        prost::Message::encode_to_vec(&check_request("GET", "anything.example", "/healthz", &[]));
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
@@ -400,11 +396,16 @@ async fn shutdown_drains_a_check_in_flight() {
         .unwrap();
 
     let shutdown = tokio::spawn(s.app.shutdown(Duration::from_secs(10)));
-    wait_until("the listener stops accepting", Duration::from_secs(10), || async move {
-        tokio::net::TcpStream::connect(addr).await.is_err()
-    })
+    wait_until(
+        "the listener stops accepting",
+        Duration::from_secs(10),
+        || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
     .await;
-    assert!(!shutdown.is_finished(), "shutdown waits for the check in flight");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the check in flight"
+    );
 
     body.send_data(bytes::Bytes::copy_from_slice(tail), true)
         .unwrap();
@@ -416,7 +417,10 @@ async fn shutdown_drains_a_check_in_flight() {
         bytes.extend_from_slice(&chunk.unwrap());
     }
     let trailers = answer.trailers().await.unwrap().unwrap_or_default();
-    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
     let decoded: CheckResponse = prost::Message::decode(&bytes[5..]).unwrap();
     assert_eq!(
         decoded.status.map(|s| s.code),

@@ -423,7 +423,10 @@ async fn survives_etcd_crash_and_applies_writes_after_restart() {
     until_status(&app, "/after", Some(&t), 200, "write after restart applies").await;
     let metrics = http_get(app.admin_addr, "/metrics").await;
     let restarts = support::metric_value(&metrics, "scopegate_watch_restarts_total");
-    assert!(restarts.is_some_and(|v| v >= 1.0), "{restarts:?} in {metrics}");
+    assert!(
+        restarts.is_some_and(|v| v >= 1.0),
+        "{restarts:?} in {metrics}"
+    );
 }
 
 #[tokio::test]
@@ -603,7 +606,10 @@ async fn tls_with_client_certificates() {
     let no_cert = start_scopegate(&etcd.endpoint(), &["--etcd-ca-file", ca]).await;
     until_a_session_failed(&no_cert).await;
     let a = ask(no_cert.grpc_addr, "GET", "/healthz", None).await;
-    assert_eq!((a.status, a.reason().as_deref()), (503, Some("no_snapshot")));
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (503, Some("no_snapshot"))
+    );
 }
 
 #[tokio::test]
@@ -639,7 +645,10 @@ async fn user_and_password_auth() {
     .await;
     until_a_session_failed(&wrong).await;
     let a = ask(wrong.grpc_addr, "GET", "/healthz", None).await;
-    assert_eq!((a.status, a.reason().as_deref()), (503, Some("no_snapshot")));
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (503, Some("no_snapshot"))
+    );
 }
 
 #[tokio::test]
@@ -707,16 +716,31 @@ async fn a_hung_member_is_a_lost_member() {
     let leader = cluster.leader().await;
     let mut order: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     order.push(leader);
-    let endpoints: Vec<String> = order.iter().map(|i| cluster.members[*i].endpoint()).collect();
+    let endpoints: Vec<String> = order
+        .iter()
+        .map(|i| cluster.members[*i].endpoint())
+        .collect();
     let app = start_scopegate(&endpoints.join(","), &[]).await;
     let t = token("mallory", "orders:read");
-    until_status(&app, "/orders/1", Some(&t), 200, "loaded from the first member").await;
+    until_status(
+        &app,
+        "/orders/1",
+        Some(&t),
+        200,
+        "loaded from the first member",
+    )
+    .await;
 
     let frozen = &cluster.members[order[0]];
     frozen.signal("-STOP");
     let others: Vec<String> = endpoints[1..].to_vec();
     let mut kv = Client::connect(others, None).await.unwrap();
-    put(&mut kv, "revoked/sub/mallory", r#"{"issued_before":4102444800}"#.to_string()).await;
+    put(
+        &mut kv,
+        "revoked/sub/mallory",
+        r#"{"issued_before":4102444800}"#.to_string(),
+    )
+    .await;
     let deadline = Duration::from_secs(6);
     let probe = app.grpc_addr;
     let token = t.clone();

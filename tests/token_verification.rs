@@ -123,7 +123,8 @@ fn forged_signature_with_jku_x5u_and_jwk_headers_is_refused() {
     h.jku = Some("https://attacker.example/jwks.json".into());
     h.x5u = Some("https://attacker.example/cert.pem".into());
     // The attacker's own public key, embedded: if it were used, this token would verify.
-    h.jwk = Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&attacker_key(), Algorithm::RS256).unwrap());
+    h.jwk =
+        Some(jsonwebtoken::jwk::Jwk::from_encoding_key(&attacker_key(), Algorithm::RS256).unwrap());
     let token = encode(&h, &claims("mallory", "orders:admin"), &attacker_key()).unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert!(header.jwk.is_some() && header.jku.is_some() && header.x5u.is_some());

@@ -453,7 +453,11 @@ mod tests {
             waits.push(reported);
             endpoints.push(reconnect.endpoint());
         }
-        assert_eq!(&endpoints[..7], &[0, 1, 2, 0, 1, 2, 0], "rotates through every endpoint");
+        assert_eq!(
+            &endpoints[..7],
+            &[0, 1, 2, 0, 1, 2, 0],
+            "rotates through every endpoint"
+        );
         for (i, wait) in waits.iter().enumerate() {
             if i % 3 != 2 {
                 assert_eq!(*wait, Duration::ZERO, "failure {i} fails over at once");
@@ -467,7 +471,10 @@ mod tests {
                 "round {round}: {wait:?} not in [{base:?}, 2x)"
             );
         }
-        assert!(round_waits.last().unwrap() >= &MAX, "capped at the maximum (plus jitter)");
+        assert!(
+            round_waits.last().unwrap() >= &MAX,
+            "capped at the maximum (plus jitter)"
+        );
         let distinct: std::collections::HashSet<_> = round_waits.iter().collect();
         assert!(distinct.len() > 1, "jitter varies the waits");
 
@@ -475,7 +482,10 @@ mod tests {
         let _ = reconnect.failed().await;
         let _ = reconnect.failed().await;
         let first_round = reconnect.failed().await;
-        assert!(first_round < MIN * 2 + Duration::from_millis(1), "{first_round:?}");
+        assert!(
+            first_round < MIN * 2 + Duration::from_millis(1),
+            "{first_round:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
