@@ -543,7 +543,10 @@ mod tests {
 
     /// Collects formatted log lines.
     #[derive(Clone, Default)]
-    #[allow(clippy::disallowed_types, reason = "a test's log capture, not the check path")]
+    #[allow(
+        clippy::disallowed_types,
+        reason = "a test's log capture, not the check path"
+    )]
     struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
