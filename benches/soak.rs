@@ -535,9 +535,15 @@ async fn main() {
                     }
                     "freeze-b-member" => {
                         let member = &cluster.members[b_order[0]];
+                        // Write through the members that keep answering.
+                        let others: Vec<String> = b_order[1..]
+                            .iter()
+                            .map(|i| cluster.members[*i].endpoint())
+                            .collect();
+                        let mut live = Client::connect(others, None).await.unwrap();
                         member.signal("-STOP");
                         // Revoke while B's member hangs: B must still enforce it within BOUND.
-                        revoke(&mut kv, &changes, next_victim).await;
+                        revoke(&mut live, &changes, next_victim).await;
                         next_victim += 1;
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         member.signal("-CONT");
@@ -589,8 +595,11 @@ async fn main() {
         started.elapsed(),
     )
     .await;
-    drop(envoy);
     let failed = tally.false_allows.load(Ordering::Relaxed) > 0 || regressions > 0;
+    // `exit` skips destructors: stop every child process first.
+    drop(envoy);
+    drop((a, b, proxies, kv));
+    drop(cluster);
     std::process::exit(i32::from(failed));
 }
 
@@ -617,14 +626,17 @@ async fn toggle_items(kv: &mut Client, changes: &AsyncMutex<Changes>, admin: boo
     }
 }
 
+/// Writes with retries, each attempt bounded: a member may be electing a leader, or hung (the
+/// client may have picked the frozen one).
 async fn put_retrying(kv: &mut Client, key: &str, value: &str) {
-    for _ in 0..100 {
-        if kv.put(key, value, None).await.is_ok() {
+    for _ in 0..50 {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), kv.put(key, value, None));
+        if matches!(attempt.await, Ok(Ok(_))) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("soak: could not write {key} for 10 s");
+    panic!("soak: could not write {key} for 30 s");
 }
 
 async fn report(

@@ -3,7 +3,7 @@
 //! bearer parser agrees with a straightforward reading of RFC 6750 §2.1; a rejected rule value
 //! names the field that is wrong. Bounded here (PROPTEST_CASES raises it for a longer run, see
 //! docs/benchmarks.md).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod support;
 
@@ -88,8 +88,16 @@ fn valid_route() -> Value {
            "require": {"all": ["orders:read"]}, "mode": "enforce"})
 }
 
+/// The number of cases: `PROPTEST_CASES` for a longer run, else the bounded default.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(2048)))]
 
     #[test]
     fn bearer_parser_agrees_with_rfc6750(value in "[ A-Za-z0-9._~+/=,\"-]{0,24}", prefix in prop::sample::select(vec!["", "Bearer ", "bearer  ", "BEARER", "Basic ", " Bearer "])) {

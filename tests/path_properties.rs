@@ -74,8 +74,16 @@ fn path() -> impl Strategy<Value = String> {
     })
 }
 
+/// The number of cases: `PROPTEST_CASES` for a longer run, else the bounded default.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(4096)))]
 
     #[test]
     fn accepted_paths_select_the_rule_every_reading_selects(raw in path()) {
