@@ -32,14 +32,26 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9193")]
     listen: SocketAddr,
     /// Answer with what scopegate answers on an allow (three identity headers overwritten and
-    /// the dynamic metadata with its eight fields, fixed values), to measure Envoy's cost of
-    /// that answer apart from scopegate's own work.
-    #[arg(long)]
+    /// the dynamic metadata with its fields, fixed values), to measure Envoy's cost of that
+    /// answer apart from scopegate's own work. Same as `--answer both`.
+    #[arg(long, conflicts_with = "answer")]
     same_answer: bool,
+    /// Which parts of scopegate's allow answer to send: none (bare OK), the identity headers,
+    /// the dynamic metadata, or both.
+    #[arg(long, value_enum, default_value_t = Answer::None)]
+    answer: Answer,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Answer {
+    None,
+    Headers,
+    Metadata,
+    Both,
 }
 
 struct AllowAll {
-    same_answer: bool,
+    answer: Answer,
 }
 
 #[tonic::async_trait]
@@ -47,7 +59,7 @@ impl Authorization for AllowAll {
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let mut response = CheckResponse::with_status(Status::ok("allowed"));
         let mut ok = OkHttpResponseBuilder::new();
-        if self.same_answer {
+        if matches!(self.answer, Answer::Headers | Answer::Both) {
             for (name, value) in [
                 ("x-scopegate-subject", "alice"),
                 ("x-scopegate-client-id", "demo-client"),
@@ -60,6 +72,8 @@ impl Authorization for AllowAll {
                     false,
                 );
             }
+        }
+        if matches!(self.answer, Answer::Metadata | Answer::Both) {
             response.dynamic_metadata = Some(scopegate_like_metadata());
         }
         response.set_http_response(ok);
@@ -104,7 +118,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(AuthorizationServer::new(AllowAll {
-            same_answer: args.same_answer,
+            answer: if args.same_answer {
+                Answer::Both
+            } else {
+                args.answer
+            },
         }))
         .serve_with_shutdown(args.listen, async {
             let _ = tokio::signal::ctrl_c().await;

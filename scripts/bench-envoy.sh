@@ -5,8 +5,10 @@
 #   B0     Envoy with in-process jwt_authn (local JWKS, no JWT cache) + RBAC requiring the scope
 #   B      the same with jwt_authn's JWT cache (jwt_cache_config)
 #   N      Envoy + ext_authz (gRPC) -> noop_authz (allows everything: the protocol floor)
-#   N+ans  the same, noop_authz --same-answer: scopegate's allow answer (identity headers and
+#   N+ans  the same, noop_authz --answer both: scopegate's allow answer (identity headers and
 #          dynamic metadata) with no work behind it, so Envoy's cost of the answer shows apart
+#   N+hdr  (optional) noop_authz --answer headers: only the three identity headers
+#   N+md   (optional) noop_authz --answer metadata: only the dynamic metadata
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
@@ -17,6 +19,7 @@
 #
 #   scripts/bench-envoy.sh [--rounds 3] [--duration 10s] [--warmup 3s] [--connections 16]
 #                          [--rate 5000] [--no-build] [--no-loadgen] [--no-pin]
+#                          [--variants "A B0 B N N+ans S S+log"]
 #
 # Loopback only; every process it starts is stopped on exit (by PID). Needs wrk, curl, python3
 # and Envoy (.venv/bin/envoy from scripts/setup.sh --test, or SCOPEGATE_ENVOY_BIN).
@@ -24,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3 duration=10s warmup=3s connections=16 rate=5000 build=1 loadgen=1 pin=1
+variants_arg="A B0 B N N+ans S S+log"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [[ $# -gt 0 ]]; do
     --no-build) build=0; shift ;;
     --no-loadgen) loadgen=0; shift ;;
     --no-pin) pin=0; shift ;;
-    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen] [--no-pin]" >&2; exit 2 ;;
+    --variants) variants_arg=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen] [--no-pin] [--variants \"A B0 B N N+hdr N+md N+ans S S+log\"]" >&2; exit 2 ;;
   esac
 done
 
@@ -76,14 +81,17 @@ wait_http() {
 }
 
 # --- authorization backends -----------------------------------------------------------------
-noop_port=$(free_port)
-"$bin/examples/noop_authz" --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
-pids+=($!)
-noop_pid=$!
-noop_answer_port=$(free_port)
-"$bin/examples/noop_authz" --listen "127.0.0.1:$noop_answer_port" --same-answer 2>"$work/noop-answer.log" &
-pids+=($!)
-noop_answer_pid=$!
+start_noop() { # answer -> sets noop_port, noop_pid
+  noop_port=$(free_port)
+  "$bin/examples/noop_authz" --listen "127.0.0.1:$noop_port" --answer "$1" 2>"$work/noop-$1.log" &
+  pids+=($!)
+  noop_pid=$!
+}
+declare -A noop_port_of noop_pid_of
+for answer in none headers metadata both; do
+  start_noop "$answer"
+  noop_port_of[$answer]=$noop_port noop_pid_of[$answer]=$noop_pid
+done
 
 start_scopegate() { # name decision-log-mode -> sets sg_port
   local name=$1 mode=$2 admin
@@ -215,9 +223,10 @@ ${4:-  []}
 EOF
 }
 
-variants=(A B0 B N N+ans S S+log)
+read -r -a variants <<<"$variants_arg"
 declare -A port envoy_pid
-declare -A authz_pid=([N]=$noop_pid [N+ans]=$noop_answer_pid [S]=$sg_off_pid [S+log]=$sg_all_pid)
+declare -A authz_pid=([N]=${noop_pid_of[none]} [N+hdr]=${noop_pid_of[headers]} [N+md]=${noop_pid_of[metadata]}
+  [N+ans]=${noop_pid_of[both]} [S]=$sg_off_pid [S+log]=$sg_all_pid)
 start_envoy() { # variant filters clusters
   local v=$1 listen admin file
   listen=$(free_port) admin=$(free_port) file="$work/envoy-${v/+/-}.yaml"
@@ -229,13 +238,20 @@ start_envoy() { # variant filters clusters
   wait_http "http://127.0.0.1:$admin/ready" LIVE
   port[$v]=$listen
 }
-start_envoy A "" ""
-start_envoy B0 "$(jwt_rbac_filters)" ""
-start_envoy B "$(jwt_rbac_filters cache)" ""
-start_envoy N "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_port")"
-start_envoy N+ans "$(ext_authz_filter noop)" "$(grpc_cluster noop "$noop_answer_port")"
-start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")"
-start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")"
+for v in "${variants[@]}"; do
+  case $v in
+    A) start_envoy A "" "" ;;
+    B0) start_envoy B0 "$(jwt_rbac_filters)" "" ;;
+    B) start_envoy B "$(jwt_rbac_filters cache)" "" ;;
+    N) start_envoy N "$(ext_authz_filter noop)" "$(grpc_cluster noop "${noop_port_of[none]}")" ;;
+    N+hdr) start_envoy N+hdr "$(ext_authz_filter noop)" "$(grpc_cluster noop "${noop_port_of[headers]}")" ;;
+    N+md) start_envoy N+md "$(ext_authz_filter noop)" "$(grpc_cluster noop "${noop_port_of[metadata]}")" ;;
+    N+ans) start_envoy N+ans "$(ext_authz_filter noop)" "$(grpc_cluster noop "${noop_port_of[both]}")" ;;
+    S) start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")" ;;
+    S+log) start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")" ;;
+    *) echo "bench: unknown variant $v" >&2; exit 2 ;;
+  esac
+done
 
 # --- the token and a correctness check of every set-up --------------------------------------
 token=$("$bin/examples/mint_token" --scope "orders:read" --ttl 2h)
@@ -250,7 +266,7 @@ echo "sanity (status with token / with a token lacking the scope / without token
 for v in "${variants[@]}"; do
   ok=$(status "$v" "$token") weak_status=$(status "$v" "$weak") none=$(status "$v" "")
   printf '  %-6s %s / %s / %s\n' "$v" "$ok" "$weak_status" "$none"
-  case $v in A | N | N+ans) expect=200/200/200 ;; *) expect=200/403/401 ;; esac
+  case $v in A | N | N+*) expect=200/200/200 ;; *) expect=200/403/401 ;; esac
   if [[ $ok/$weak_status/$none != "$expect" ]]; then
     echo "bench: $v answers $ok/$weak_status/$none, expected $expect; logs:" >&2
     tail -n 20 "$work"/*.log >&2
@@ -301,18 +317,26 @@ echo "median over $rounds rounds:"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-order = ["A", "B0", "B", "N", "N+ans", "S", "S+log"]
+order = ["A", "B0", "B", "N", "N+hdr", "N+md", "N+ans", "S", "S+log"]
 med = {}
 for v in order:
     rs = [r for r in rows if r[0] == v]
+    if not rs:
+        continue
     med[v] = tuple(statistics.median(float(r[i]) for r in rs) for i in (1, 2, 3, 5, 6))
     bad = sum(int(r[4]) for r in rs)
     print(f"  {v:<6} {med[v][0]:>8.0f} req/s   p50 {med[v][1]:>6.0f} us   p99 {med[v][2]:>6.0f} us"
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
-for s in ("S", "S+log"):
+for s in ("S", "S+log", "N+hdr", "N+md", "N+ans"):
     for base in ("N", "N+ans", "B0", "B", "A"):
-        print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f}   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
+        if s not in med or base not in med or s == base or (s.startswith("N") and base != "N"):
+            continue
+        # Paired: the ratio within each round (the two runs seconds apart), then the median of
+        # those; steadier than the ratio of medians when the machine drifts between rounds.
+        paired = [float(a[1]) / float(b[1]) for a, b in zip([r for r in rows if r[0] == s], [r for r in rows if r[0] == base])]
+        print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f} (paired median {statistics.median(paired):.3f},"
+              f" rounds {min(paired):.2f}-{max(paired):.2f})   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
 EOF
 
 # --- scopegate alone over gRPC ---------------------------------------------------------------
@@ -355,6 +379,7 @@ if [[ $loadgen -eq 1 ]]; then
   run_loadgen "noop_authz (floor)" "$lg_noop_pid" "$lg_noop_port" --rate "$rate" --any-answer
   run_loadgen "scopegate, mix" "$lg_sg_pid" "$sg_port" --rate "$rate"
   run_loadgen "scopegate, cached valid tokens only" "$lg_sg_pid" "$sg_port" --rate "$rate" --fresh-pct 0 --deny-pct 0
+  run_loadgen "scopegate, 10% fresh tokens" "$lg_sg_pid" "$sg_port" --rate "$rate" --fresh-pct 10 --deny-pct 0
   run_loadgen "scopegate, every token fresh" "$lg_sg_pid" "$sg_port" --rate $((rate / 5)) --fresh-pct 100 --deny-pct 0
   echo " closed loop, 32 in flight (max throughput):"
   run_loadgen "noop_authz (floor)" "$lg_noop_pid" "$lg_noop_port" --concurrency 32 --any-answer
