@@ -5,10 +5,11 @@
 #   B0     Envoy with in-process jwt_authn (local JWKS, no JWT cache) + RBAC requiring the scope
 #   B      the same with jwt_authn's JWT cache (jwt_cache_config)
 #   N      Envoy + ext_authz (gRPC) -> noop_authz (allows everything: the protocol floor)
-#   N+ans  the same, noop_authz --answer both: scopegate's allow answer (identity headers and
-#          dynamic metadata) with no work behind it, so Envoy's cost of the answer shows apart
-#   N+hdr  (optional) noop_authz --answer headers: only the three identity headers
+#   N+hdr  the same, noop_authz --answer headers: scopegate's default allow answer (the three
+#          identity headers) with no work behind it, so Envoy's cost of the answer shows apart
 #   N+md   (optional) noop_authz --answer metadata: only the dynamic metadata
+#   N+ans  (optional) noop_authz --answer both: scopegate's allow answer with
+#          --dynamic-metadata all (identity headers and dynamic metadata)
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
@@ -19,7 +20,7 @@
 #
 #   scripts/bench-envoy.sh [--rounds 3] [--duration 10s] [--warmup 3s] [--connections 16]
 #                          [--rate 5000] [--no-build] [--no-loadgen] [--no-pin]
-#                          [--variants "A B0 B N N+ans S S+log"]
+#                          [--variants "A B0 B N N+hdr S S+log"]
 #
 # Loopback only; every process it starts is stopped on exit (by PID). Needs wrk, curl, python3
 # and Envoy (.venv/bin/envoy from scripts/setup.sh --test, or SCOPEGATE_ENVOY_BIN).
@@ -27,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3 duration=10s warmup=3s connections=16 rate=5000 build=1 loadgen=1 pin=1
-variants_arg="A B0 B N N+ans S S+log"
+variants_arg="A B0 B N N+hdr S S+log"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -329,7 +330,7 @@ for v in order:
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
 for s in ("S", "S+log", "N+hdr", "N+md", "N+ans"):
-    for base in ("N", "N+ans", "B0", "B", "A"):
+    for base in ("N", "N+hdr", "N+ans", "B0", "B", "A"):
         if s not in med or base not in med or s == base or (s.startswith("N") and base != "N"):
             continue
         # Paired: the ratio within each round (the two runs seconds apart), then the median of

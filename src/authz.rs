@@ -202,6 +202,18 @@ impl Decision {
         matches!(self.verdict, Verdict::Allow { .. })
     }
 
+    /// A denial, or a dry-run allow that enforcement would have denied: what the `deny` modes
+    /// of the decision log and of the answer's dynamic metadata report.
+    pub fn denies_or_would_deny(&self) -> bool {
+        !matches!(
+            self.verdict,
+            Verdict::Allow {
+                would_deny: None,
+                ..
+            }
+        )
+    }
+
     /// The claims that may be asserted to the upstream: only on an allow, and only when the token
     /// itself passed (a `dry_run` allow of a revoked token must not name its subject; one that
     /// only lacked a scope may).

@@ -2,7 +2,7 @@
 //! `CheckRequest` becomes a [`CheckInput`], the [`Checker`] decides, and the [`Decision`] becomes
 //! a `CheckResponse` (OK with upstream identity headers, or a denied HTTP response with the
 //! RFC 6750 `WWW-Authenticate` challenge, or RFC 9449's `DPoP` one), with `dynamic_metadata` for
-//! Envoy's access log on every answer. The `DPoP` header, the scheme and the client certificate
+//! Envoy's access log on the answers [`DynamicMetadata`] selects. The `DPoP` header, the scheme and the client certificate
 //! (`source.certificate`) are passed on for sender-constrained tokens. [`tls`]: the listener's TLS, reloaded when the certificate files change.
 
 pub mod tls;
@@ -30,6 +30,36 @@ pub const DEFAULT_SUBJECT_HEADER: &str = "x-scopegate-subject";
 pub const DEFAULT_CLIENT_ID_HEADER: &str = "x-scopegate-client-id";
 pub const DEFAULT_SCOPES_HEADER: &str = "x-scopegate-scopes";
 
+/// Which answers carry `dynamic_metadata` (the decision log's fields, for Envoy's access log).
+///
+/// Envoy pays for every field it parses and merges into the stream's metadata: measured through
+/// Envoy 1.40 (`scripts/bench-envoy.sh`, docs/benchmarks-envoy.md), the eight-field Struct on an
+/// allow cost Envoy more per request than the three identity headers. Like Envoy's RBAC filter
+/// (shadow metadata only) and OPA's plugin (only what the policy asks for), the default sends it
+/// where an operator reads it: on denials and dry-run would-be denials. An allowed request's
+/// identity is in the headers scopegate sets (`%REQ(x-scopegate-subject)%`), and every decision,
+/// allows included, is in the decision log under the same `decision_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DynamicMetadata {
+    /// Every answer.
+    All,
+    /// Denials and dry-run allows that enforcement would deny.
+    #[default]
+    Deny,
+    /// No answer.
+    Off,
+}
+
+impl DynamicMetadata {
+    fn wanted(self, decision: &Decision) -> bool {
+        match self {
+            DynamicMetadata::All => true,
+            DynamicMetadata::Deny => decision.denies_or_would_deny(),
+            DynamicMetadata::Off => false,
+        }
+    }
+}
+
 /// Names of the headers scopegate sets on allowed requests for the upstream.
 #[derive(Debug, Clone)]
 pub struct ResponseSettings {
@@ -39,6 +69,8 @@ pub struct ResponseSettings {
     pub scopes_header: String,
     /// Remove the client's `Authorization` header from allowed requests before the upstream.
     pub strip_authorization: bool,
+    /// Which answers carry `dynamic_metadata`.
+    pub dynamic_metadata: DynamicMetadata,
 }
 
 impl Default for ResponseSettings {
@@ -49,6 +81,7 @@ impl Default for ResponseSettings {
             client_id_header: DEFAULT_CLIENT_ID_HEADER.into(),
             scopes_header: DEFAULT_SCOPES_HEADER.into(),
             strip_authorization: false,
+            dynamic_metadata: DynamicMetadata::default(),
         }
     }
 }
@@ -77,7 +110,7 @@ impl AuthorizationService {
             .and_then(|r| r.http.as_ref());
         let Some(http) = http else {
             // Not an HTTP check (e.g. Envoy's network ext_authz filter): nothing to authorize.
-            return denied_without_http();
+            return denied_without_http(&self.settings);
         };
         let input = CheckInput {
             host: &http.host,
@@ -139,7 +172,7 @@ fn single_header<'a>(http: &'a HttpRequest, name: &str) -> SingleHeader<'a> {
     }
 }
 
-fn denied_without_http() -> CheckResponse {
+fn denied_without_http(settings: &ResponseSettings) -> CheckResponse {
     // Not a decision of the checker (nothing to log there): the id ties the answer to this line.
     let decision_id = uuid::Uuid::new_v4().simple().to_string();
     tracing::warn!(%decision_id, "CheckRequest without HTTP attributes refused");
@@ -149,11 +182,13 @@ fn denied_without_http() -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(HttpStatusCode::BadRequest);
     response.set_http_response(denied);
-    let mut metadata = Metadata::default();
-    metadata.text("decision_id", &decision_id);
-    metadata.text("decision", "deny");
-    metadata.text("reason", Reason::InvalidRequest.as_str());
-    response.set_dynamic_metadata(Some(metadata.0));
+    if settings.dynamic_metadata != DynamicMetadata::Off {
+        let mut metadata = Metadata::default();
+        metadata.text("decision_id", &decision_id);
+        metadata.text("decision", "deny");
+        metadata.text("reason", Reason::InvalidRequest.as_str());
+        response.set_dynamic_metadata(Some(metadata.0));
+    }
     response
 }
 
@@ -186,7 +221,9 @@ pub fn build_response(
         Verdict::Allow { .. } => allow_response(&outcome.decision, settings, sent),
         Verdict::Deny(denial) => deny_response(denial, &outcome.decision_id, settings),
     };
-    response.set_dynamic_metadata(Some(dynamic_metadata(outcome)));
+    if settings.dynamic_metadata.wanted(&outcome.decision) {
+        response.set_dynamic_metadata(Some(dynamic_metadata(outcome)));
+    }
     response
 }
 

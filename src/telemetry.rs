@@ -378,16 +378,7 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
     let wanted = match mode {
         DecisionLogMode::Off => false,
         DecisionLogMode::All => true,
-        DecisionLogMode::Deny => {
-            !decision.is_allow()
-                || matches!(
-                    decision.verdict,
-                    Verdict::Allow {
-                        would_deny: Some(_),
-                        ..
-                    }
-                )
-        }
+        DecisionLogMode::Deny => decision.denies_or_would_deny(),
     };
     if !wanted {
         return;

@@ -1,6 +1,7 @@
-//! Envoy-native answers over real gRPC: `dynamic_metadata` on every answer (allow and deny) with
-//! the decision log's fields and never the token; header removals only for headers the request
-//! carries; `--strip-authorization`.
+//! Envoy-native answers over real gRPC: `dynamic_metadata` with the decision log's fields and
+//! never the token, on denials and dry-run would-be denials by default and on every answer with
+//! `--dynamic-metadata all`; header removals only for headers the request carries;
+//! `--strip-authorization`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -85,9 +86,11 @@ fn with_bearer<'a>(auth: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str,
     headers
 }
 
+const ALL: [&str; 2] = ["--dynamic-metadata", "all"];
+
 #[tokio::test]
 async fn an_allow_carries_decision_rule_revision_and_the_verified_identity() {
-    let mut s = TestServer::with_rules(&rules(), &[]).await;
+    let mut s = TestServer::with_rules(&rules(), &ALL).await;
     let t = token("alice", "orders:read");
     let auth = format!("Bearer {t}");
     let r = raw(
@@ -131,6 +134,54 @@ async fn an_allow_carries_decision_rule_revision_and_the_verified_identity() {
     )
     .await;
     assert_ne!(metadata(&again)["decision_id"], json!(id));
+}
+
+#[tokio::test]
+async fn by_default_only_denials_and_dry_run_allows_carry_metadata_and_off_sends_none() {
+    let auth = format!("Bearer {}", token("alice", "orders:read"));
+    let allowed = || {
+        check_request(
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            &with_bearer(&auth, &[]),
+        )
+    };
+    let denied = || check_request("GET", "api.example.com", "/orders/7", &[]);
+    let dry_run = || check_request("GET", "api.example.com", "/reports/q3", &[]);
+
+    let mut s = TestServer::with_rules(&rules(), &[]).await;
+    let r = raw(&mut s, allowed()).await;
+    assert!(
+        matches!(r.http_response, Some(HttpResponse::OkResponse(_))),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.dynamic_metadata, None,
+        "a plain allow carries none by default"
+    );
+    let r = raw(
+        &mut s,
+        check_request("GET", "api.example.com", "/healthz", &[]),
+    )
+    .await;
+    assert_eq!(r.dynamic_metadata, None, "nor does a public allow");
+    assert_eq!(
+        metadata(&raw(&mut s, denied()).await)["reason"],
+        json!("missing_credential")
+    );
+    let m = metadata(&raw(&mut s, dry_run()).await);
+    assert_eq!(m["would_deny"], json!("missing_credential"), "{m:?}");
+
+    let mut off = TestServer::with_rules(&rules(), &["--dynamic-metadata", "off"]).await;
+    for request in [allowed(), denied(), dry_run()] {
+        let r = raw(&mut off, request).await;
+        assert_eq!(r.dynamic_metadata, None, "{r:?}");
+    }
+    // The denial itself still names its decision for the client.
+    let (code, body, header) = denial(&raw(&mut off, denied()).await);
+    assert_eq!(code, 401);
+    assert_eq!(body["decision_id"].as_str(), header.as_deref());
 }
 
 /// (path, headers, HTTP status, reason, rule_id, subject)
@@ -222,7 +273,7 @@ async fn a_dry_run_allow_says_what_enforce_would_have_denied() {
 
 #[tokio::test]
 async fn identity_headers_are_removed_only_when_the_request_carries_them() {
-    let mut s = TestServer::with_rules(&rules(), &[]).await;
+    let mut s = TestServer::with_rules(&rules(), &ALL).await;
     // Public route, nothing forged: nothing to remove, so no removal is asked for.
     let r = raw(
         &mut s,

@@ -1,6 +1,7 @@
 //! Through real Envoy running `examples/envoy/envoy.yaml`: its access log (one JSON line per
-//! request on stdout) carries scopegate's answer from the ext_authz dynamic metadata, for an
-//! allow and for a deny; `--strip-authorization` keeps the token from the upstream.
+//! request on stdout) carries scopegate's answer from the ext_authz dynamic metadata: for denials
+//! by default, for allows too with `--dynamic-metadata all`; `--strip-authorization` keeps the
+//! token from the upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -82,7 +83,7 @@ fn absent(v: &Value) -> bool {
 
 #[tokio::test]
 async fn the_access_log_carries_scopegates_answer_for_allows_and_denials() {
-    let s = stack(&[]).await;
+    let s = stack(&["--dynamic-metadata", "all"]).await;
     let t = token("alice", "orders:read");
     let auth = format!("Bearer {t}");
 
@@ -158,6 +159,38 @@ async fn the_access_log_carries_scopegates_answer_for_allows_and_denials() {
         1,
         "only the allowed request reached the upstream"
     );
+}
+
+#[tokio::test]
+async fn by_default_the_access_log_carries_scopegates_answer_for_denials_only() {
+    let s = stack(&[]).await;
+    let auth = format!("Bearer {}", token("alice", "orders:read"));
+    let allowed = s
+        .envoy
+        .request(
+            "GET",
+            "/orders/7",
+            &[("host", HOST), ("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let line = log_line(&s.envoy, "/orders/7", 1).await;
+    assert_eq!(line["status"], 200);
+    for field in [
+        "authz_decision",
+        "authz_reason",
+        "authz_decision_id",
+        "authz_subject",
+    ] {
+        assert!(absent(&line[field]), "{field} on a plain allow: {line}");
+    }
+    let denied = s.envoy.request("GET", "/orders/8", &[("host", HOST)]).await;
+    assert_eq!(denied.status, 401);
+    let line = log_line(&s.envoy, "/orders/8", 1).await;
+    assert_eq!(line["authz_decision"], "deny");
+    assert_eq!(line["authz_reason"], "missing_credential");
+    let id = line["authz_decision_id"].as_str().unwrap();
+    assert_eq!(denied.header("x-scopegate-decision-id"), Some(id));
 }
 
 #[tokio::test]

@@ -238,6 +238,7 @@ def test_deployment_defaults(chart):
     # Everything except the source and the listen addresses is configured through SCOPEGATE_*.
     env = env_values(c)
     assert env["SCOPEGATE_DECISION_LOG"] == "all"
+    assert env["SCOPEGATE_DYNAMIC_METADATA"] == "deny"
     assert env["SCOPEGATE_CACHE_CAPACITY"] == "100000"
     assert env["SCOPEGATE_DRAIN_TIMEOUT"] == "10s"
     assert "SCOPEGATE_MAX_STALENESS" not in env  # off unless set
@@ -615,6 +616,7 @@ def test_scheduling_pass_through(chart):
         {"replicas": "two"},
         {"replicas": 1.5},
         {"config": {"decisionLog": "verbose"}},
+        {"config": {"dynamicMetadata": "always"}},
         {"config": {"logFormat": "xml"}},
         {"config": {"maxStaleness": "soon"}},
         {"config": {"maxStaleness": 30}},
@@ -797,7 +799,7 @@ def test_binary_serves_the_rendered_rules_mode(chart, tmp_path, source):
             "rules": rules,
             "rulesExtraFiles": {"demo-jwks.json": jwks},
             # Non-default settings, to check the binary accepts what the chart renders.
-            "config": {"decisionLog": "deny", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s", "stripAuthorization": True},
+            "config": {"decisionLog": "deny", "dynamicMetadata": "all", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s", "stripAuthorization": True},
             "shutdown": {"drainTimeoutSeconds": 3},
         }
         routes = len(rules["routes"])
