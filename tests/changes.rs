@@ -9,20 +9,18 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use etcd_client::{Client, GetOptions};
-use scopegate::app::{self, RunningApp};
+use scopegate::app::RunningApp;
 use scopegate::rules::document;
 use serde_json::{json, Value};
 use support::cli::{etcdctl, scopegate, ChildGuard, Run, ServeProcess};
 use support::etcd::EtcdServer;
-use support::server::{check_request, connect, serve_args, Answer};
+use support::etcd_scopegate::{ask, assert_status, start_scopegate, until_status, P, WAIT};
+use support::server::Answer;
 use support::tokens::{self, claims, sign, token};
 use support::wait_until;
-
-const P: &str = "/scopegate/";
-const WAIT: Duration = Duration::from_secs(20);
 
 /// The rules: `orders` needs `orders_scope` for GET; POST on `/orders/**` needs orders:write.
 fn rules(orders_scope: &str, extra: &str) -> String {
@@ -52,6 +50,17 @@ impl Files {
         let path = self.0.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
+    }
+
+    /// Writes [`rules`]`(orders_scope, "")` as `name` and applies it (see [`apply`]).
+    async fn apply(
+        &self,
+        etcd: &EtcdServer,
+        name: &str,
+        orders_scope: &str,
+        extra: &[&str],
+    ) -> Value {
+        apply(etcd, &self.write(name, &rules(orders_scope, "")), extra).await
     }
 }
 
@@ -108,41 +117,30 @@ fn rule_keys(keys: Vec<(String, String)>) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn ask(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-    let request = check_request(method, "api.example.com", path, &headers);
-    Answer::from_response(
-        connect(addr)
-            .await
-            .check(request)
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-}
+/// `/orders/1` (of `api.example.com`) on one scopegate, by its gRPC address: asked once, asserted
+/// once, or waited for.
+#[derive(Clone, Copy)]
+struct Orders(SocketAddr);
 
-async fn until_status(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    status: u16,
-    what: &str,
-) {
-    let token = token.map(str::to_string);
-    let (method, path) = (method.to_string(), path.to_string());
-    wait_until(what, WAIT, || {
-        let (token, method, path) = (token.clone(), method.clone(), path.clone());
-        async move { ask(addr, &method, &path, token.as_deref()).await.status == status }
-    })
-    .await;
+impl Orders {
+    /// Asks `METHOD /orders/1` with `token` once.
+    async fn ask(self, method: &str, token: Option<&str>) -> Answer {
+        ask(self.0, method, "/orders/1", token).await
+    }
+
+    /// Asks `METHOD /orders/1` with `token` once: it must answer `status` (`what`: why).
+    async fn assert(self, method: &str, token: Option<&str>, status: u16, what: &str) {
+        assert_status(self.0, method, "/orders/1", token, status, what).await;
+    }
+
+    /// Waits until `GET /orders/1` with `token` answers `status`.
+    async fn until(self, token: &str, status: u16, what: &str) {
+        until_status(self.0, "/orders/1", Some(token), status, what).await;
+    }
 }
 
 async fn replica(etcd: &EtcdServer) -> RunningApp {
-    app::start(&serve_args(&["--etcd-endpoints", &etcd.endpoint()]))
-        .await
-        .expect("scopegate starts")
+    start_scopegate(&etcd.endpoint(), &[]).await
 }
 
 async fn until_revision(app: &RunningApp, revision: i64) {
@@ -508,22 +506,8 @@ async fn rollback_to_a_compacted_revision_names_the_oldest_available() {
     let etcd = EtcdServer::start().await;
     let mut kv = etcd.client().await;
     let files = Files::new();
-    let r1 = revision_of(
-        &apply(
-            &etcd,
-            &files.write("v1.yaml", &rules("orders:read", "")),
-            &[],
-        )
-        .await,
-    );
-    let r2 = revision_of(
-        &apply(
-            &etcd,
-            &files.write("v2.yaml", &rules("orders:admin", "")),
-            &[],
-        )
-        .await,
-    );
+    let r1 = revision_of(&files.apply(&etcd, "v1.yaml", "orders:read", &[]).await);
+    let r2 = revision_of(&files.apply(&etcd, "v2.yaml", "orders:admin", &[]).await);
     kv.compact(r2, None).await.unwrap();
     let run = sg(
         &etcd,
@@ -559,40 +543,15 @@ async fn rollback_to_a_compacted_revision_names_the_oldest_available() {
 async fn a_rollback_while_serve_runs_flips_its_decisions_and_it_logs_the_version() {
     let etcd = EtcdServer::start().await;
     let files = Files::new();
-    let r1 = revision_of(
-        &apply(
-            &etcd,
-            &files.write("v1.yaml", &rules("orders:read", "")),
-            &[],
-        )
-        .await,
-    );
+    let r1 = revision_of(&files.apply(&etcd, "v1.yaml", "orders:read", &[]).await);
     let mut serve = ServeProcess::start(&["--etcd-endpoints", &etcd.endpoint()]).await;
+    let orders = Orders(serve.grpc_addr);
     let reader = token("alice", "orders:read");
-    until_status(
-        serve.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        200,
-        "v1 loaded",
-    )
-    .await;
-    apply(
-        &etcd,
-        &files.write("v2.yaml", &rules("orders:admin", "")),
-        &["-m", "tighten"],
-    )
-    .await;
-    until_status(
-        serve.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        403,
-        "v2 denies readers",
-    )
-    .await;
+    orders.until(&reader, 200, "v1 loaded").await;
+    files
+        .apply(&etcd, "v2.yaml", "orders:admin", &["-m", "tighten"])
+        .await;
+    orders.until(&reader, 403, "v2 denies readers").await;
 
     let started = Instant::now();
     let rolled = sg(
@@ -613,15 +572,9 @@ async fn a_rollback_while_serve_runs_flips_its_decisions_and_it_logs_the_version
     .await
     .ok()
     .json();
-    until_status(
-        serve.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        200,
-        "rollback flips the decision",
-    )
-    .await;
+    orders
+        .until(&reader, 200, "rollback flips the decision")
+        .await;
     eprintln!("rollback command + flip: {:?}", started.elapsed());
 
     let revision = revision_of(&rolled);
@@ -655,12 +608,9 @@ async fn audit_verify_passes_on_an_honest_history_and_names_a_record_changed_beh
     let files = Files::new();
     let v1 = files.write("v1.yaml", &rules("orders:read", ""));
     apply(&etcd, &v1, &[]).await;
-    apply(
-        &etcd,
-        &files.write("v2.yaml", &rules("orders:admin", "")),
-        &["-m", "second"],
-    )
-    .await;
+    files
+        .apply(&etcd, "v2.yaml", "orders:admin", &["-m", "second"])
+        .await;
     let r3 = revision_of(&apply(&etcd, &v1, &["-m", "third"]).await);
     sg(&etcd, &["lockdown", "on", "--all", "--reason", "drill"])
         .await
@@ -731,18 +681,8 @@ async fn audit_verify_passes_on_an_honest_history_and_names_a_record_changed_beh
 async fn audit_verify_names_a_rule_value_changed_behind_its_back() {
     let etcd = EtcdServer::start().await;
     let files = Files::new();
-    apply(
-        &etcd,
-        &files.write("v1.yaml", &rules("orders:read", "")),
-        &[],
-    )
-    .await;
-    apply(
-        &etcd,
-        &files.write("v2.yaml", &rules("orders:admin", "")),
-        &[],
-    )
-    .await;
+    files.apply(&etcd, "v1.yaml", "orders:read", &[]).await;
+    files.apply(&etcd, "v2.yaml", "orders:admin", &[]).await;
     assert_eq!(sg(&etcd, &["audit", "verify"]).await.code, 0);
     let out = etcdctl(&etcd.endpoint())
         .args([
@@ -787,14 +727,7 @@ async fn audit_verify_names_a_rule_value_changed_behind_its_back() {
 async fn lockdown_denies_at_once_on_two_replicas_and_off_restores() {
     let etcd = EtcdServer::start().await;
     let files = Files::new();
-    let r1 = revision_of(
-        &apply(
-            &etcd,
-            &files.write("v1.yaml", &rules("orders:read", "")),
-            &[],
-        )
-        .await,
-    );
+    let r1 = revision_of(&files.apply(&etcd, "v1.yaml", "orders:read", &[]).await);
     let (a, b) = (replica(&etcd).await, replica(&etcd).await);
     until_revision(&a, r1).await;
     until_revision(&b, r1).await;
@@ -802,12 +735,10 @@ async fn lockdown_denies_at_once_on_two_replicas_and_off_restores() {
     let bypass = token("oncall", "orders:write incident:bypass");
     let bypass_only = token("oncall", "incident:bypass");
     for app in [&a, &b] {
-        assert_eq!(
-            ask(app.grpc_addr, "POST", "/orders/1", Some(&writer))
-                .await
-                .status,
-            200
-        );
+        let orders = Orders(app.grpc_addr);
+        orders
+            .assert("POST", Some(&writer), 200, "writers may POST")
+            .await;
     }
 
     let on = sg(
@@ -833,37 +764,28 @@ async fn lockdown_denies_at_once_on_two_replicas_and_off_restores() {
     let revision = on["outcome"]["revision"].as_i64().unwrap();
     for app in [&a, &b] {
         until_revision(app, revision).await;
+        let orders = Orders(app.grpc_addr);
         // The same snapshot that carries the lockdown decides: no further wait.
-        let denied = ask(app.grpc_addr, "POST", "/orders/1", Some(&writer)).await;
+        let denied = orders.ask("POST", Some(&writer)).await;
         assert_eq!(
             (denied.status, denied.reason().as_deref()),
             (403, Some("lockdown"))
         );
-        assert_eq!(
-            ask(app.grpc_addr, "GET", "/orders/1", Some(&writer))
-                .await
-                .status,
-            200,
-            "GET is not covered"
-        );
-        assert_eq!(
-            ask(app.grpc_addr, "POST", "/orders/1", Some(&bypass))
-                .await
-                .status,
-            200,
-            "bypass where the rule allows"
-        );
-        let no_rule_scope = ask(app.grpc_addr, "POST", "/orders/1", Some(&bypass_only)).await;
+        orders
+            .assert("GET", Some(&writer), 200, "GET is not covered")
+            .await;
+        orders
+            .assert("POST", Some(&bypass), 200, "bypass where the rule allows")
+            .await;
+        let no_rule_scope = orders.ask("POST", Some(&bypass_only)).await;
         assert_eq!(
             (no_rule_scope.status, no_rule_scope.reason().as_deref()),
             (403, Some("insufficient_scope")),
             "the bypass scope never replaces the rule's own"
         );
-        assert_eq!(
-            ask(app.grpc_addr, "POST", "/orders/1", None).await.status,
-            401,
-            "a denial stays what it was"
-        );
+        orders
+            .assert("POST", None, 401, "a denial stays what it was")
+            .await;
     }
     let status = sg(&etcd, &["lockdown", "status", "--output", "json"])
         .await
@@ -888,12 +810,10 @@ async fn lockdown_denies_at_once_on_two_replicas_and_off_restores() {
     let revision = revision_of(&off);
     for app in [&a, &b] {
         until_revision(app, revision).await;
-        assert_eq!(
-            ask(app.grpc_addr, "POST", "/orders/1", Some(&writer))
-                .await
-                .status,
-            200
-        );
+        let orders = Orders(app.grpc_addr);
+        orders
+            .assert("POST", Some(&writer), 200, "off restores writes")
+            .await;
     }
     let again = sg(&etcd, &["lockdown", "off"]).await.ok().stdout;
     assert!(again.starts_with("no lockdown is set"), "{again}");
@@ -925,7 +845,8 @@ async fn global_dry_run_allows_and_counts_what_enforce_would_deny() {
     let app = replica(&etcd).await;
     until_revision(&app, r1).await;
     let reader = token("alice", "orders:read");
-    let allowed = ask(app.grpc_addr, "GET", "/orders/1", Some(&reader)).await;
+    let orders = Orders(app.grpc_addr);
+    let allowed = orders.ask("GET", Some(&reader)).await;
     assert_eq!(
         allowed.status, 200,
         "enforce would deny: insufficient scope"
@@ -935,20 +856,22 @@ async fn global_dry_run_allows_and_counts_what_enforce_would_deny() {
         Some("alice"),
         "the token itself passed"
     );
-    let forged = ask(app.grpc_addr, "GET", "/orders/1", Some("not.a.token")).await;
+    let forged = orders.ask("GET", Some("not.a.token")).await;
     assert_eq!(forged.status, 200);
     assert_eq!(
         forged.header("x-scopegate-subject"),
         None,
         "no identity for a token that failed"
     );
-    assert_eq!(
-        ask(app.grpc_addr, "GET", "/nothing", Some(&reader))
-            .await
-            .status,
+    assert_status(
+        app.grpc_addr,
+        "GET",
+        "/nothing",
+        Some(&reader),
         403,
-        "no rule still denies"
-    );
+        "no rule still denies",
+    )
+    .await;
     let metrics = app.metrics.encode();
     assert!(
         metrics.contains(r#"scopegate_dry_run_would_deny_total{reason="insufficient_scope"} 1"#),
@@ -960,21 +883,14 @@ async fn global_dry_run_allows_and_counts_what_enforce_would_deny() {
     );
 
     let r2 = revision_of(
-        &apply(
-            &etcd,
-            &files.write("enforce.yaml", &rules("orders:admin", "")),
-            &["--prune"],
-        )
-        .await,
+        &files
+            .apply(&etcd, "enforce.yaml", "orders:admin", &["--prune"])
+            .await,
     );
     until_revision(&app, r2).await;
-    assert_eq!(
-        ask(app.grpc_addr, "GET", "/orders/1", Some(&reader))
-            .await
-            .status,
-        403,
-        "enforced again"
-    );
+    orders
+        .assert("GET", Some(&reader), 403, "enforced again")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1134,55 +1050,22 @@ async fn a_mirror_follows_applies_and_rollbacks_and_expiring_revocations_stop_ap
             .expect("etcdctl make-mirror starts"),
     );
     let files = Files::new();
-    let r1 = revision_of(
-        &apply(
-            &primary,
-            &files.write("v1.yaml", &rules("orders:read", "")),
-            &[],
-        )
-        .await,
-    );
+    let r1 = revision_of(&files.apply(&primary, "v1.yaml", "orders:read", &[]).await);
     let regional = replica(&mirror).await;
+    let orders = Orders(regional.grpc_addr);
     let reader = token("alice", "orders:read");
-    until_status(
-        regional.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        200,
-        "the mirror has v1",
-    )
-    .await;
-    apply(
-        &primary,
-        &files.write("v2.yaml", &rules("orders:admin", "")),
-        &[],
-    )
-    .await;
-    until_status(
-        regional.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        403,
-        "the mirror has v2",
-    )
-    .await;
+    orders.until(&reader, 200, "the mirror has v1").await;
+    files.apply(&primary, "v2.yaml", "orders:admin", &[]).await;
+    orders.until(&reader, 403, "the mirror has v2").await;
     sg(
         &primary,
         &["rules", "rollback", "--to-revision", &r1.to_string()],
     )
     .await
     .ok();
-    until_status(
-        regional.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&reader),
-        200,
-        "the mirror has the rollback",
-    )
-    .await;
+    orders
+        .until(&reader, 200, "the mirror has the rollback")
+        .await;
 
     // A revocation with expires_at and no lease: the mirror stops applying it exactly then.
     let mut c = claims("alice", "orders:read");
@@ -1195,24 +1078,10 @@ async fn a_mirror_follows_applies_and_rollbacks_and_expiring_revocations_stop_ap
         .output()
         .unwrap();
     assert!(out.status.success());
-    until_status(
-        regional.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&revocable),
-        401,
-        "the mirror revokes",
-    )
-    .await;
-    until_status(
-        regional.grpc_addr,
-        "GET",
-        "/orders/1",
-        Some(&revocable),
-        200,
-        "the revocation expired",
-    )
-    .await;
+    orders.until(&revocable, 401, "the mirror revokes").await;
+    orders
+        .until(&revocable, 200, "the revocation expired")
+        .await;
     assert!(tokens::now() >= expires_at, "not before expires_at");
     let mut kv = mirror.client().await;
     let still_there = kv

@@ -10,21 +10,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-use scopegate::app::{self, RunningApp};
+use scopegate::app::RunningApp;
 use support::etcd::{EtcdServer, EtcdTls};
+use support::etcd_scopegate::{self, ask, start_scopegate, P, WAIT};
 use support::proxy::CuttableProxy;
-use support::server::{check_request, connect, http_get, serve_args, Answer};
+use support::server::{check_request, connect, http_get, Answer};
 use support::tokens::{self, claims, sign, token};
 use support::wait_until;
-
-const WAIT: Duration = Duration::from_secs(20);
-const P: &str = "/scopegate/";
 
 fn route(path: &str, scopes: &[&str]) -> String {
     serde_json::json!({"host": "api.example.com", "path": path, "require": {"all": scopes}})
@@ -57,29 +54,11 @@ async fn seed(client: &mut Client) {
     .await;
 }
 
-async fn start_scopegate(endpoint: &str, extra: &[&str]) -> RunningApp {
-    let mut flags = vec!["--etcd-endpoints", endpoint];
-    flags.extend_from_slice(extra);
-    app::start(&serve_args(&flags))
-        .await
-        .expect("scopegate starts")
+/// Waits until a Check of `GET path` on `app` answers `status`.
+async fn until_status(app: &RunningApp, path: &str, token: Option<&str>, status: u16, what: &str) {
+    etcd_scopegate::until_status(app.grpc_addr, path, token, status, what).await;
 }
 
-async fn ask(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-    let request = check_request(method, "api.example.com", path, &headers);
-    Answer::from_response(
-        connect(addr)
-            .await
-            .check(request)
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-}
-
-/// Waits until a Check answers `status`.
 /// Waits until the source has had at least one failed etcd session (so a fail-closed answer
 /// afterwards proves that the failure is handled, not that nothing was tried yet).
 async fn until_a_session_failed(app: &RunningApp) {
@@ -90,18 +69,6 @@ async fn until_a_session_failed(app: &RunningApp) {
             support::metric_value(&metrics.encode(), "scopegate_watch_restarts_total")
                 .is_some_and(|v| v >= 1.0)
         }
-    })
-    .await;
-}
-
-async fn until_status(app: &RunningApp, path: &str, token: Option<&str>, status: u16, what: &str) {
-    let addr = app.grpc_addr;
-    let token = token.map(str::to_string);
-    let path = path.to_string();
-    wait_until(what, WAIT, || {
-        let token = token.clone();
-        let path = path.clone();
-        async move { ask(addr, "GET", &path, token.as_deref()).await.status == status }
     })
     .await;
 }

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
 use scopegate::app::{self, AppError, RunningApp};
+use support::pki::{Leaf, TestCa};
 use support::server::{check_request, http_get_status, serve_args, Answer};
 use support::{metric_value, wait_until};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -28,59 +26,6 @@ const RULES: &str = r#"
 routes:
   health: {host: "*", path: /healthz, require: {public: true}}
 "#;
-
-/// A test certificate authority.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ca {
-            cert: params.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn server(&self) -> Leaf {
-        self.issue(SERVER_NAME, ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    fn client(&self, name: &str) -> Leaf {
-        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
 
 /// A directory laid out like a Kubernetes Secret volume: `tls.crt`, `tls.key`, `ca.crt` are
 /// symlinks into `..data`, itself a symlink to a timestamped directory, swapped atomically.
@@ -109,8 +54,8 @@ impl SecretVolume {
         let versioned = format!("..2026_01_01_00_00_0{}.v", self.version);
         let target = self.dir.join(&versioned);
         std::fs::create_dir(&target).unwrap();
-        std::fs::write(target.join("tls.crt"), &server.cert).unwrap();
-        std::fs::write(target.join("tls.key"), &server.key).unwrap();
+        std::fs::write(target.join("tls.crt"), &server.cert_pem).unwrap();
+        std::fs::write(target.join("tls.key"), &server.key_pem).unwrap();
         std::fs::write(target.join("ca.crt"), client_ca).unwrap();
         let tmp = self.dir.join("..data_tmp");
         std::os::unix::fs::symlink(&versioned, &tmp).unwrap();
@@ -157,7 +102,7 @@ async fn tls_client(
         .ca_certificate(Certificate::from_pem(server_ca))
         .domain_name(SERVER_NAME);
     if let Some(leaf) = identity {
-        tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
+        tls = tls.identity(Identity::from_pem(&leaf.cert_pem, &leaf.key_pem));
     }
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
@@ -206,8 +151,8 @@ async fn presented_certificate(addr: SocketAddr, roots: &[&str], client: &Leaf) 
         .unwrap()
         .with_root_certificates(store)
         .with_client_auth_cert(
-            vec![der(&client.cert)],
-            PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
+            vec![der(&client.cert_pem)],
+            PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -220,10 +165,10 @@ async fn presented_certificate(addr: SocketAddr, roots: &[&str], client: &Leaf) 
 #[tokio::test]
 async fn mutual_tls_answers_a_check_and_the_admin_port_stays_plain_http() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca) = (Ca::new("server-ca"), Ca::new("client-ca"));
+    let (server_ca, client_ca) = (TestCa::new("server-ca"), TestCa::new("client-ca"));
     let volume = SecretVolume::new(
         &dir.path().join("tls"),
-        &server_ca.server(),
+        &server_ca.server(SERVER_NAME),
         &client_ca.pem(),
     );
     let app = start_mtls(&volume).await;
@@ -246,10 +191,10 @@ async fn mutual_tls_answers_a_check_and_the_admin_port_stays_plain_http() {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused_when_one_is_required() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca) = (Ca::new("server-ca"), Ca::new("client-ca"));
+    let (server_ca, client_ca) = (TestCa::new("server-ca"), TestCa::new("client-ca"));
     let volume = SecretVolume::new(
         &dir.path().join("tls"),
-        &server_ca.server(),
+        &server_ca.server(SERVER_NAME),
         &client_ca.pem(),
     );
     let app = start_mtls(&volume).await;
@@ -264,13 +209,13 @@ async fn a_client_without_a_certificate_is_refused_when_one_is_required() {
 async fn a_client_certificate_from_another_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (server_ca, client_ca, other_ca) = (
-        Ca::new("server-ca"),
-        Ca::new("client-ca"),
-        Ca::new("client-ca"), // same name, different key: a look-alike CA
+        TestCa::new("server-ca"),
+        TestCa::new("client-ca"),
+        TestCa::new("client-ca"), // same name, different key: a look-alike CA
     );
     let volume = SecretVolume::new(
         &dir.path().join("tls"),
-        &server_ca.server(),
+        &server_ca.server(SERVER_NAME),
         &client_ca.pem(),
     );
     let app = start_mtls(&volume).await;
@@ -278,7 +223,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     let intruder = other_ca.client("envoy");
     assert!(!answered(app.grpc_addr, &server_ca.pem(), Some(&intruder)).await);
     // A server certificate from the right CA is no client certificate either (wrong purpose).
-    let server_leaf = client_ca.server();
+    let server_leaf = client_ca.server(SERVER_NAME);
     assert!(!answered(app.grpc_addr, &server_ca.pem(), Some(&server_leaf)).await);
     assert!(handshake_failures(&app) >= 2.0);
 }
@@ -286,9 +231,9 @@ async fn a_client_certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn rotation_applies_to_the_next_handshake_and_keeps_established_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let (old_server_ca, old_client_ca) = (Ca::new("server-ca-1"), Ca::new("client-ca-1"));
-    let (new_server_ca, new_client_ca) = (Ca::new("server-ca-2"), Ca::new("client-ca-2"));
-    let old_server = old_server_ca.server();
+    let (old_server_ca, old_client_ca) = (TestCa::new("server-ca-1"), TestCa::new("client-ca-1"));
+    let (new_server_ca, new_client_ca) = (TestCa::new("server-ca-2"), TestCa::new("client-ca-2"));
+    let old_server = old_server_ca.server(SERVER_NAME);
     let mut volume = SecretVolume::new(&dir.path().join("tls"), &old_server, &old_client_ca.pem());
     let app = start_mtls(&volume).await;
     let (old_envoy, new_envoy) = (old_client_ca.client("envoy"), new_client_ca.client("envoy"));
@@ -298,12 +243,12 @@ async fn rotation_applies_to_the_next_handshake_and_keeps_established_connection
         .unwrap();
     assert_eq!(check_health(&mut established).await.unwrap().status, 200);
 
-    let new_server = new_server_ca.server();
+    let new_server = new_server_ca.server(SERVER_NAME);
     volume.publish(&new_server, &new_client_ca.pem());
     let roots = [old_server_ca.pem(), new_server_ca.pem()];
     let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
     let addr = app.grpc_addr;
-    let (new_leaf, new_envoy_probe) = (der(&new_server.cert).to_vec(), new_envoy.clone());
+    let (new_leaf, new_envoy_probe) = (der(&new_server.cert_pem).to_vec(), new_envoy.clone());
     wait_until(
         "the next handshake presents the new certificate",
         Duration::from_secs(10),
@@ -332,16 +277,17 @@ async fn rotation_applies_to_the_next_handshake_and_keeps_established_connection
 #[tokio::test]
 async fn a_broken_rotation_is_rejected_and_the_previous_certificate_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca) = (Ca::new("server-ca"), Ca::new("client-ca"));
-    let first = server_ca.server();
+    let (server_ca, client_ca) = (TestCa::new("server-ca"), TestCa::new("client-ca"));
+    let first = server_ca.server(SERVER_NAME);
     let mut volume = SecretVolume::new(&dir.path().join("tls"), &first, &client_ca.pem());
     let app = start_mtls(&volume).await;
     let envoy = client_ca.client("envoy");
 
     // A key that does not belong to the certificate.
+    let (cert_of, key_of) = (server_ca.server(SERVER_NAME), server_ca.server(SERVER_NAME));
     let mismatched = Leaf {
-        cert: server_ca.server().cert,
-        key: server_ca.server().key,
+        key_pem: key_of.key_pem,
+        ..cert_of
     };
     volume.publish(&mismatched, &client_ca.pem());
     wait_until(
@@ -355,18 +301,18 @@ async fn a_broken_rotation_is_rejected_and_the_previous_certificate_stays() {
     )
     .await;
     let shown = presented_certificate(app.grpc_addr, &[&server_ca.pem()], &envoy).await;
-    assert_eq!(shown, Some(der(&first.cert).to_vec()));
+    assert_eq!(shown, Some(der(&first.cert_pem).to_vec()));
     assert!(answered(app.grpc_addr, &server_ca.pem(), Some(&envoy)).await);
 }
 
 #[tokio::test]
 async fn server_only_tls_needs_no_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let server_ca = Ca::new("server-ca");
-    let leaf = server_ca.server();
+    let server_ca = TestCa::new("server-ca");
+    let leaf = server_ca.server(SERVER_NAME);
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &leaf.cert).unwrap();
-    std::fs::write(&key, &leaf.key).unwrap();
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let app = start(
         dir.path(),
@@ -380,11 +326,11 @@ async fn server_only_tls_needs_no_client_certificate() {
 #[tokio::test]
 async fn bad_tls_settings_stop_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("server-ca");
-    let (a, b) = (ca.server(), ca.server());
+    let ca = TestCa::new("server-ca");
+    let (a, b) = (ca.server(SERVER_NAME), ca.server(SERVER_NAME));
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, &a.cert).unwrap();
-    std::fs::write(&key, &b.key).unwrap();
+    std::fs::write(&cert, &a.cert_pem).unwrap();
+    std::fs::write(&key, &b.key_pem).unwrap();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let err = start(
         dir.path(),

@@ -1,8 +1,9 @@
 //! Sender-constrained test credentials: DPoP keys generated per test (rcgen) and the proofs they
 //! sign (RFC 9449), access tokens bound to a DPoP key (`cnf.jkt`) or to a client certificate
-//! (`cnf["x5t#S256"]`, RFC 8705), a test CA that issues client and server certificates, and an
-//! Envoy listener that terminates TLS and requires client certificates, with an HTTPS client for
-//! it. Thumbprints are computed here independently of scopegate's own code.
+//! (`cnf["x5t#S256"]`, RFC 8705), the test CA that issues client and server certificates
+//! ([`super::pki`]'s, named here too), and an Envoy listener that terminates TLS and requires
+//! client certificates, with an HTTPS client for it. Thumbprints are computed here (and in
+//! `pki`) independently of scopegate's own code.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,9 +13,7 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
+use rcgen::KeyPair;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -26,6 +25,12 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use super::envoy::{is_framed, parse_response, HttpResponse};
+pub use super::pki::Leaf;
+#[allow(
+    unused_imports,
+    reason = "the test CA of tests/binding.rs and tests/envoy_binding.rs, named from here"
+)]
+pub use super::pki::TestCa;
 use super::tokens;
 
 pub fn b64(bytes: impl AsRef<[u8]>) -> String {
@@ -146,82 +151,6 @@ pub fn dpop_token(sub: &str, scope: &str, key: &DpopKey) -> String {
 /// A token bound to `cert` (`cnf["x5t#S256"]`).
 pub fn mtls_token(sub: &str, scope: &str, cert: &Leaf) -> String {
     bound_token(sub, scope, json!({"x5t#S256": cert.x5t_s256()}))
-}
-
-/// A test certificate authority.
-pub struct TestCa {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A certificate (PEM and DER) and its key (PEM).
-#[derive(Clone)]
-pub struct Leaf {
-    pub cert_pem: String,
-    pub der: Vec<u8>,
-    pub key_pem: String,
-}
-
-impl Leaf {
-    /// RFC 8705 §3.1: base64url SHA-256 of the DER.
-    pub fn x5t_s256(&self) -> String {
-        b64(Sha256::digest(&self.der))
-    }
-
-    /// The PEM as Envoy forwards it in `source.certificate` (every byte but the unreserved ones
-    /// percent-encoded).
-    pub fn url_encoded(&self) -> String {
-        self.cert_pem
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        TestCa {
-            cert: params.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    pub fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            der: cert.der().to_vec(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    pub fn client(&self, name: &str) -> Leaf {
-        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    pub fn server(&self, name: &str) -> Leaf {
-        self.issue(name, ExtendedKeyUsagePurpose::ServerAuth)
-    }
 }
 
 /// The PEM body of a DER certificate, for tests that build PEM by hand.

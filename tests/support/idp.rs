@@ -24,13 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-    PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+/// The test PKI; `ClientCert`: a certificate and its key (PEM), with its RFC 8705 thumbprint.
+pub use super::pki::{Leaf as ClientCert, TestCa};
 use super::repo_path;
 
 const INSTALL_HINT: &str = "this test needs a real OpenID provider: Node.js 20+ with npm, and the \
@@ -148,64 +147,23 @@ pub fn jwt_part(token: &str, index: usize) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
 }
 
-/// A test certificate authority (the IdP's server certificate and client certificates).
-pub struct TestCa {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
+/// The test IdP's certificate authority (its server certificate and client certificates): a
+/// [`TestCa`] whose server certificates are for `localhost` and 127.0.0.1.
+pub struct IdpCa(pub TestCa);
 
-/// A TLS client certificate and its key (PEM), with its RFC 8705 thumbprint.
-#[derive(Debug, Clone)]
-pub struct ClientCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub der: Vec<u8>,
-    /// base64url(SHA-256(DER)): what `cnf["x5t#S256"]` of a bound token carries.
-    pub x5t_s256: String,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        TestCa {
-            cert: params.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    pub fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> ClientCert {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let der = cert.der().to_vec();
-        ClientCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            x5t_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(&der)),
-            der,
-        }
-    }
-
+impl IdpCa {
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self) -> ClientCert {
-        self.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth)
+        self.0.server("localhost")
     }
+}
 
-    /// A client certificate (for mTLS-bound tokens and for Envoy's downstream TLS).
-    pub fn client(&self, name: &str) -> ClientCert {
-        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
+/// `pem` and `client` (for mTLS-bound tokens and for Envoy's downstream TLS) are [`TestCa`]'s.
+impl std::ops::Deref for IdpCa {
+    type Target = TestCa;
+
+    fn deref(&self) -> &TestCa {
+        &self.0
     }
 }
 
@@ -335,7 +293,7 @@ pub struct Idp {
     pub port: u16,
     /// The CA that signed the IdP's certificate (PEM file): scopegate's `ca_file`.
     pub ca_file: PathBuf,
-    pub ca: TestCa,
+    pub ca: IdpCa,
     dir: tempfile::TempDir,
     options: IdpOptions,
     child: Option<Child>,
@@ -351,7 +309,7 @@ impl Idp {
     pub async fn start_with(options: IdpOptions) -> Idp {
         let node = node_binary();
         let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("scopegate test IdP CA");
+        let ca = IdpCa(TestCa::new("scopegate test IdP CA"));
         let server = ca.server();
         let ca_file = dir.path().join("idp-ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
