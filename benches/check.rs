@@ -139,9 +139,7 @@ fn bench_decision_log(c: &mut Criterion) {
     c.bench_function("check_handler/RS256/cached+decision_log_tracing", |b| {
         b.iter(|| check(&svc, &req))
     });
-    let (writer, _flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::sink());
+    let (writer, _flush) = scopegate::telemetry::LogWriter::spawn(std::io::sink()).unwrap();
     scopegate::telemetry::install_json_decision_writer(writer);
     c.bench_function("check_handler/RS256/cached+decision_log", |b| {
         b.iter(|| check(&svc, &req))

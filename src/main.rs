@@ -22,7 +22,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail("invalid configuration", &e),
     };
-    let _flush_logs_on_exit = scopegate::telemetry::init_tracing(config.log_format);
+    let _flush_logs_on_exit = match scopegate::telemetry::init_tracing(config.log_format) {
+        Ok(guard) => guard,
+        Err(e) => return fail("cannot start the log writer", &e),
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);

@@ -1,10 +1,12 @@
 //! Observability: tracing initialisation, the Prometheus metrics (names are public interface),
 //! and the decision log (one JSON line per check, never the token). [`keys`]: what talking to
-//! identity providers counts.
+//! identity providers counts; [`writer`]: the batching log writer behind both.
 
 mod keys;
+pub mod writer;
 
 pub use keys::KeyMetrics;
+pub use writer::{FlushGuard, LogWriter};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,19 +44,13 @@ pub enum DecisionLogMode {
 
 /// Installs the global tracing subscriber. Levels come from `RUST_LOG` (default `info`).
 ///
-/// Lines are handed to a background writer thread (`tracing-appender`), so a Check does not
-/// wait on a `write(2)` to stdout (measured: the synchronous decision log cost ~21 µs of CPU per
-/// request and stalled a single worker). The writer is not lossy: when its buffer is full,
-/// logging applies backpressure instead of dropping audit lines. Keep the returned guard alive
-/// until exit: dropping it flushes what is buffered.
-pub fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    // The writer thread drains every line queued so far, then flushes: behind a BufWriter one
-    // burst of lines costs one write(2) instead of one per line (stdout is line-buffered), which
-    // matters on a 2-CPU node where that thread competes with Envoy.
-    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(stdout);
+/// Lines are handed to a background writer thread ([`LogWriter`]), so a Check does not wait on
+/// a `write(2)` to stdout (measured: the synchronous decision log cost ~21 µs of CPU per request
+/// and stalled a single worker), and written in batches. The writer is not lossy: when its queue
+/// is full, logging applies backpressure instead of dropping audit lines. Keep the returned
+/// guard alive until exit: dropping it writes what is queued.
+pub fn init_tracing(format: LogFormat) -> std::io::Result<FlushGuard> {
+    let (writer, guard) = LogWriter::spawn(std::io::stdout())?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -71,22 +67,21 @@ pub fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::Worker
     if result.is_ok() && format == LogFormat::Json {
         install_json_decision_writer(writer);
     }
-    guard
+    Ok(guard)
 }
 
 /// Sends JSON decision-log lines straight to `writer` from now on (see [`init_tracing`]; the
 /// benchmarks install one over a sink). The first writer installed stays.
-pub fn install_json_decision_writer(writer: tracing_appender::non_blocking::NonBlocking) {
+pub fn install_json_decision_writer(writer: LogWriter) {
     let _ = JSON_DECISION_WRITER.set(writer);
 }
 
 /// With JSON logs, decision-log lines are serialised directly (serde) and handed to the same
-/// non-blocking writer as every other line, instead of going through tracing-subscriber's JSON
+/// writer as every other line, instead of going through tracing-subscriber's JSON
 /// formatter: measured ≈ 2.9 µs per line through the formatter (see docs/benchmarks.md). The
 /// line has the same shape (timestamp, level, message, target, then the fields) and still obeys
 /// `RUST_LOG` for the `scopegate::decision` target.
-static JSON_DECISION_WRITER: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
-    std::sync::OnceLock::new();
+static JSON_DECISION_WRITER: std::sync::OnceLock<LogWriter> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -454,13 +449,12 @@ fn serialize_display<S: serde::Serializer>(
     serializer.collect_str(value)
 }
 
-fn write_json_line(writer: &tracing_appender::non_blocking::NonBlocking, line: &DecisionLine<'_>) {
-    use std::io::Write as _;
+fn write_json_line(writer: &LogWriter, line: &DecisionLine<'_>) {
     let mut buffer = Vec::with_capacity(512);
     if serde_json::to_writer(&mut buffer, line).is_ok() {
         buffer.push(b'\n');
-        // The writer is non-blocking and not lossy; an error here means it has shut down.
-        let _ = writer.clone().write_all(&buffer);
+        // The writer is not lossy; an error here means it has shut down (at exit).
+        let _ = writer.write_line(buffer);
     }
 }
 
