@@ -13,6 +13,15 @@
 //! and `--deny-pct` denials (half a valid token without the scope: 403; half no token: 401).
 //! Every answer is checked against what that kind of request must get.
 //!
+//! `--report-every 1s` (open loop) adds a time series: a `WINDOWS start_unix=...` line when the
+//! measured run starts, then one `WINDOW t=<window start>s sent= ok= errors= unexpected=
+//! dropped= p50_us= p99_us= max_us= send_p99_us= err_max_us= lag_p99_us=` line per window. A
+//! request counts in the window of its scheduled start, and there its latency runs from that
+//! scheduled start (send_p99_us and the summary's latency run from the actual send; lag_p99_us
+//! is how late requests left); `-` when nothing in the window was answered. gRPC errors (the
+//! server restarting) are counted and never stop the run (the channel reconnects by itself);
+//! `--tolerate-errors` also keeps them out of the exit status (scripts/bench-cold-restart.sh).
+//!
 //! Defaults match `scopegate serve --rules examples/rules.yaml` (issuer
 //! https://idp.example.com/, route GET api.example.com /orders/{id} needing orders:read). Bounded:
 //! at most `--duration` (≤ 10 min) and `--requests`; loopback targets only.
@@ -31,6 +40,7 @@
     reason = "tests, benchmarks and examples: a failed step stops them with its message, and they read their own environment"
 )]
 
+use std::collections::VecDeque;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,6 +126,15 @@ struct Args {
     /// Accept any answer (to measure examples/noop_authz, the protocol floor, with the same mix).
     #[arg(long)]
     any_answer: bool,
+    /// Open loop: print a `WINDOW` line per window of this length (e.g. `1s`) during the measured
+    /// run. Each request counts in the window of its scheduled start, and its latency there is
+    /// taken from that scheduled start (start lag included: coordinated omission stays visible).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    report_every: Option<Duration>,
+    /// Exit 0 despite gRPC errors (e.g. while the server restarts); unexpected answers still
+    /// fail the run.
+    #[arg(long)]
+    tolerate_errors: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,6 +501,196 @@ fn account(stats: &mut Stats, kind: Kind, result: Result<u16, String>, latency: 
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-window report (open loop, `--report-every`).
+
+/// The requests scheduled to start in one window.
+struct Window {
+    /// Scheduled here and sent (not dropped): `ok + unexpected + errors` once all have finished.
+    sent: u64,
+    ok: u64,
+    unexpected: u64,
+    errors: u64,
+    dropped: u64,
+    /// Answered requests, from the scheduled start to the answer.
+    latency: Histogram,
+    /// Answered requests, from the actual send to the answer (as the summary measures).
+    send_latency: Histogram,
+    /// The slowest failure, from the scheduled start (a fast refusal or a hang).
+    error_max: Duration,
+    /// How late sent requests left against their scheduled start (the client's share).
+    lag: Histogram,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            sent: 0,
+            ok: 0,
+            unexpected: 0,
+            errors: 0,
+            dropped: 0,
+            latency: Histogram::new(),
+            send_latency: Histogram::new(),
+            error_max: Duration::ZERO,
+            lag: Histogram::new(),
+        }
+    }
+
+    fn finished(&self) -> u64 {
+        self.ok + self.unexpected + self.errors
+    }
+}
+
+/// Windows not yet printed, in order; a window is printed once the schedule has moved past it
+/// and every request started in it has finished (so a slow answer delays the line, never
+/// moves to a later window).
+struct Windows {
+    every: Duration,
+    /// Window number of `pending[0]`.
+    first: u64,
+    pending: VecDeque<Window>,
+    /// Windows before this one get no more requests.
+    closed_before: u64,
+}
+
+impl Windows {
+    fn new(every: Duration) -> Windows {
+        Windows {
+            every,
+            first: 0,
+            pending: VecDeque::new(),
+            closed_before: 0,
+        }
+    }
+
+    /// The window of a request scheduled `offset` after the start of the run.
+    fn number(&self, offset: Duration) -> u64 {
+        (offset.as_nanos() / self.every.as_nanos().max(1)) as u64
+    }
+
+    fn window(&mut self, number: u64) -> Option<&mut Window> {
+        let i = usize::try_from(number.checked_sub(self.first)?).ok()?;
+        while self.pending.len() <= i {
+            self.pending.push_back(Window::new());
+        }
+        self.pending.get_mut(i)
+    }
+
+    /// A request scheduled in window `number` (the schedule is in order: earlier windows get
+    /// no more requests).
+    fn schedule(&mut self, number: u64, dropped: bool) {
+        if let Some(window) = self.window(number) {
+            if dropped {
+                window.dropped += 1;
+            } else {
+                window.sent += 1;
+            }
+        }
+        self.closed_before = self.closed_before.max(number);
+    }
+
+    /// A request of window `number` finished: it left `lag` after its scheduled start and
+    /// took `latency` from there.
+    fn finish(
+        &mut self,
+        number: u64,
+        kind: Kind,
+        result: &Result<u16, String>,
+        lag: Duration,
+        latency: Duration,
+    ) {
+        let Some(window) = self.window(number) else {
+            return;
+        };
+        let since_scheduled = lag + latency;
+        window.lag.record(lag);
+        match result {
+            Ok(status) => {
+                window.latency.record(since_scheduled);
+                window.send_latency.record(latency);
+                if *status == kind.expected_status() || ANY_ANSWER.load(Ordering::Relaxed) {
+                    window.ok += 1;
+                } else {
+                    window.unexpected += 1;
+                }
+            }
+            Err(_) => {
+                window.errors += 1;
+                window.error_max = window.error_max.max(since_scheduled);
+            }
+        }
+    }
+
+    /// The schedule is over: every remaining window closes.
+    fn close_all(&mut self) {
+        self.closed_before = u64::MAX;
+    }
+
+    /// Lines of the windows complete now, in order (removed from `pending`).
+    fn take_complete(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while self.first < self.closed_before {
+            match self.pending.front() {
+                Some(front) if front.finished() >= front.sent => {}
+                _ => break,
+            }
+            if let Some(window) = self.pending.pop_front() {
+                lines.push(self.line(self.first, &window));
+            }
+            self.first += 1;
+        }
+        lines
+    }
+
+    fn line(&self, number: u64, w: &Window) -> String {
+        let start = self.every.as_secs_f64() * number as f64;
+        let t = if self.every.subsec_nanos().is_multiple_of(100_000_000) {
+            format!("{start:.1}")
+        } else {
+            format!("{start:.3}")
+        };
+        let l = &w.latency;
+        let (p50, p99, max, send_p99) = if l.total == 0 {
+            let none = || "-".to_string();
+            (none(), none(), none(), none())
+        } else {
+            (
+                format!("{:.1}", l.quantile_us(0.5)),
+                format!("{:.1}", l.quantile_us(0.99)),
+                format!("{:.1}", l.max as f64 / 1000.0),
+                format!("{:.1}", w.send_latency.quantile_us(0.99)),
+            )
+        };
+        let err_max = if w.errors == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", w.error_max.as_secs_f64() * 1e6)
+        };
+        format!(
+            "WINDOW t={t}s sent={} ok={} errors={} unexpected={} dropped={} p50_us={p50} p99_us={p99} max_us={max} send_p99_us={send_p99} err_max_us={err_max} lag_p99_us={:.1}",
+            w.sent,
+            w.ok,
+            w.errors,
+            w.unexpected,
+            w.dropped,
+            w.lag.quantile_us(0.99)
+        )
+    }
+}
+
+/// What the open-loop tasks share: the run's totals and, with `--report-every`, the windows.
+struct Shared {
+    stats: Stats,
+    windows: Option<Windows>,
+}
+
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 struct Target {
     clients: Vec<AuthorizationClient<Channel>>,
     mix: Arc<Mix>,
@@ -528,18 +737,30 @@ async fn closed_loop(
 }
 
 /// Open loop for `length` at `rate`/s; stops early after `limit`. A dedicated thread paces the
-/// starts (tokio timers tick in milliseconds); each request runs as its own task.
+/// starts (tokio timers tick in milliseconds); each request runs as its own task. With
+/// `report_every`, prints a `WINDOWS` line first, then a `WINDOW` line per window.
 async fn open_loop(
     target: &Target,
     rate: u32,
     max_in_flight: usize,
     length: Duration,
     limit: u64,
+    report_every: Option<Duration>,
 ) -> (Stats, Duration) {
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = ((length.as_secs_f64() * f64::from(rate)) as u64).min(limit);
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
     let started = Instant::now();
+    if let Some(every) = report_every {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        println!(
+            "WINDOWS start_unix={:.6} every_s={:.3} rate={rate} scheduled={total}",
+            unix.as_secs_f64(),
+            every.as_secs_f64()
+        );
+    }
     let pacer = std::thread::spawn(move || {
         for i in 0..total {
             let at = started + period.mul_f64(i as f64);
@@ -551,38 +772,91 @@ async fn open_loop(
             }
         }
     });
-    let stats = Arc::new(Mutex::new(Stats::new()));
+    let shared = Arc::new(Mutex::new(Shared {
+        stats: Stats::new(),
+        windows: report_every.map(Windows::new),
+    }));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((i, scheduled)) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            stats.lock().expect("stats").dropped += 1;
+        let permit = in_flight.clone().try_acquire_owned().ok();
+        let mut number = 0;
+        let lines = {
+            let mut shared = shared.lock().expect("stats");
+            if permit.is_none() {
+                shared.stats.dropped += 1;
+            }
+            match &mut shared.windows {
+                Some(windows) => {
+                    number = windows.number(scheduled.saturating_duration_since(started));
+                    windows.schedule(number, permit.is_none());
+                    windows.take_complete()
+                }
+                None => Vec::new(),
+            }
+        };
+        print_lines(lines);
+        let Some(permit) = permit else {
             continue;
         };
         let mut client = target.client(i);
         let (kind, request) = target.mix.pick(target.seq.fetch_add(1, Ordering::Relaxed));
-        let stats = stats.clone();
+        let shared = shared.clone();
         tasks.spawn(async move {
             let sent = Instant::now();
             let result = send(&mut client, request).await;
             let latency = sent.elapsed();
-            let mut stats = stats.lock().expect("stats");
-            stats.lag.record(sent.saturating_duration_since(scheduled));
-            account(&mut stats, kind, result, latency);
+            let lag = sent.saturating_duration_since(scheduled);
+            let lines = {
+                let mut shared = shared.lock().expect("stats");
+                if let Some(windows) = &mut shared.windows {
+                    windows.finish(number, kind, &result, lag, latency);
+                }
+                let stats = &mut shared.stats;
+                stats.lag.record(lag);
+                account(stats, kind, result, latency);
+                shared
+                    .windows
+                    .as_mut()
+                    .map(Windows::take_complete)
+                    .unwrap_or_default()
+            };
             drop(permit);
+            print_lines(lines);
         });
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let _ = pacer.join();
     let elapsed = started.elapsed();
-    let stats = stats.lock().expect("stats").clone();
-    (stats, elapsed)
+    let mut shared = shared.lock().expect("stats");
+    if let Some(windows) = &mut shared.windows {
+        windows.close_all();
+        print_lines(windows.take_complete());
+    }
+    (shared.stats.clone(), elapsed)
 }
 
-async fn run(target: &Target, args: &Args, length: Duration, limit: u64) -> (Stats, Duration) {
+/// One run; `report_every` (open loop only) prints per-window lines during it.
+async fn run(
+    target: &Target,
+    args: &Args,
+    length: Duration,
+    limit: u64,
+    report_every: Option<Duration>,
+) -> (Stats, Duration) {
     match args.rate {
-        Some(rate) => open_loop(target, rate, args.max_in_flight, length, limit).await,
+        Some(rate) => {
+            open_loop(
+                target,
+                rate,
+                args.max_in_flight,
+                length,
+                limit,
+                report_every,
+            )
+            .await
+        }
         None => closed_loop(target, args.concurrency, length, limit).await,
     }
 }
@@ -676,6 +950,14 @@ fn check_args(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.rate.is_some_and(|r| r == 0 || r > 1_000_000) {
         return Err("--rate must be 1..=1000000".into());
     }
+    if let Some(every) = args.report_every {
+        if args.rate.is_none() {
+            return Err("--report-every needs --rate (open loop)".into());
+        }
+        if every < Duration::from_millis(1) {
+            return Err("--report-every must be at least 1ms".into());
+        }
+    }
     Ok(())
 }
 
@@ -730,12 +1012,19 @@ async fn async_main(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if !args.warmup.is_zero() {
-        let (warm, _) = run(&target, &args, args.warmup, u64::MAX).await;
+        let (warm, _) = run(&target, &args, args.warmup, u64::MAX, None).await;
         eprintln!("loadgen: warm-up done ({} requests)", warm.completed());
     }
-    let (stats, elapsed) = run(&target, &args, args.duration, args.requests).await;
+    let (stats, elapsed) = run(
+        &target,
+        &args,
+        args.duration,
+        args.requests,
+        args.report_every,
+    )
+    .await;
     report(&args, &stats, elapsed, &mix);
-    if stats.errors > 0 || stats.unexpected > 0 {
+    if stats.unexpected > 0 || (stats.errors > 0 && !args.tolerate_errors) {
         return Err("some requests failed or got unexpected answers".into());
     }
     Ok(())
