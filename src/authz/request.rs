@@ -285,7 +285,10 @@ fn is_b64token(token: &str) -> bool {
     // Every byte of every token is checked on every request: a table lookup per byte, folded
     // without an early exit (valid tokens are read whole anyway), lets the compiler unroll it;
     // the per-byte chain of comparisons it replaces was ~4 % of scopegate's CPU under load.
-    !body.is_empty() && body.bytes().fold(true, |ok, b| ok & B64TOKEN[usize::from(b)])
+    !body.is_empty()
+        && body
+            .bytes()
+            .fold(true, |ok, b| ok & B64TOKEN[usize::from(b)])
 }
 
 /// The `b64token` alphabet (RFC 6750 §2.1), without the trailing `=`.
