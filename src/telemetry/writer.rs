@@ -15,6 +15,8 @@
 //! what is queued and stops the thread.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -55,18 +57,23 @@ impl std::fmt::Debug for Message {
 pub struct FlushGuard {
     lines: Sender<Message>,
     thread: Option<JoinHandle<()>>,
+    /// Times the thread went idle (blocked on the queue): observable for tests.
+    idle_blocks: Arc<AtomicU64>,
 }
 
 impl LogWriter {
     /// Starts the writer thread over `out` (stdout in the binary, a sink in benchmarks).
     pub fn spawn<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogWriter, FlushGuard)> {
         let (lines, queue) = bounded(QUEUE_LINES);
+        let idle_blocks = Arc::new(AtomicU64::new(0));
+        let counter = idle_blocks.clone();
         let thread = std::thread::Builder::new()
             .name("scopegate-log".into())
-            .spawn(move || drain(queue, out))?;
+            .spawn(move || drain(queue, out, &counter))?;
         let guard = FlushGuard {
             lines: lines.clone(),
             thread: Some(thread),
+            idle_blocks,
         };
         Ok((LogWriter { lines }, guard))
     }
@@ -100,6 +107,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
+impl FlushGuard {
+    /// How many times the writer thread has gone idle and blocked on the queue.
+    pub fn idle_blocks(&self) -> u64 {
+        self.idle_blocks.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         let _ = self.lines.send(Message::Shutdown);
@@ -110,7 +124,7 @@ impl Drop for FlushGuard {
 }
 
 /// The writer thread: drain, write, sleep a batch interval; block when idle.
-fn drain<W: Write>(queue: Receiver<Message>, out: W) {
+fn drain<W: Write>(queue: Receiver<Message>, out: W, idle_blocks: &AtomicU64) {
     let mut out = std::io::BufWriter::with_capacity(BUFFER_BYTES, out);
     let mut idle = 0u32;
     // A line received while blocking, written with the next drain.
@@ -144,6 +158,7 @@ fn drain<W: Write>(queue: Receiver<Message>, out: W) {
         }
         // Idle: block until the next line (one wake-up per idle-to-busy transition). The
         // timeout only bounds how long a missed shutdown could go unnoticed.
+        idle_blocks.fetch_add(1, Ordering::Relaxed);
         match queue.recv_timeout(Duration::from_secs(1)) {
             Ok(Message::Line(line)) => {
                 let _ = out.write_all(&line);
@@ -162,7 +177,6 @@ fn drain<W: Write>(queue: Receiver<Message>, out: W) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// A `Write` that appends to shared memory.
     #[derive(Clone, Default)]
@@ -221,9 +235,8 @@ mod tests {
     #[test]
     fn an_idle_writer_wakes_for_the_next_line() {
         let out = Shared::default();
-        let (writer, _guard) = LogWriter::spawn(out.clone()).unwrap();
+        let (writer, guard) = LogWriter::spawn(out.clone()).unwrap();
         writer.write_line(b"first\n".to_vec()).unwrap();
-        // Long enough for the thread to go idle and block on the channel.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while out.0.load().as_slice() != b"first\n" {
             assert!(
@@ -232,7 +245,15 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(BATCH_INTERVAL * (IDLE_POLLS + 10));
+        // The thread goes idle and blocks on the queue; the next line must wake it.
+        let blocked = guard.idle_blocks();
+        while guard.idle_blocks() == blocked {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never went idle"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         writer.write_line(b"second\n".to_vec()).unwrap();
         while out.0.load().as_slice() != b"first\nsecond\n" {
             assert!(
