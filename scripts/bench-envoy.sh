@@ -10,6 +10,8 @@
 #   N+md   (optional) noop_authz --answer metadata: only the dynamic metadata
 #   N+ans  (optional) noop_authz --answer both: scopegate's allow answer with
 #          --dynamic-metadata all (identity headers and dynamic metadata)
+#   N+raw, S+raw (optional) N and S+log with ext_authz `encode_raw_headers: true` (headers sent
+#          as a list, `header_map`, instead of a map)
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
@@ -111,7 +113,9 @@ sg_all_port=$sg_port sg_all_pid=$sg_pid
 # --- Envoy configurations -------------------------------------------------------------------
 jwks_inline=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' examples/keys/demo-jwks.json)
 
-ext_authz_filter() { # cluster
+ext_authz_filter() { # cluster [raw]
+  local raw=""
+  [[ ${2:-} == raw ]] && raw="encode_raw_headers: true"
   cat <<EOF
           - name: envoy.filters.http.ext_authz
             typed_config:
@@ -122,6 +126,7 @@ ext_authz_filter() { # cluster
                 timeout: 0.5s
               failure_mode_allow: false
               status_on_error: { code: ServiceUnavailable }
+              $raw
               # As examples/envoy/envoy.yaml: the credential, the DPoP proof, and the identity
               # headers scopegate must see to remove client-forged copies.
               allowed_headers:
@@ -227,7 +232,7 @@ EOF
 read -r -a variants <<<"$variants_arg"
 declare -A port envoy_pid
 declare -A authz_pid=([N]=${noop_pid_of[none]} [N+hdr]=${noop_pid_of[headers]} [N+md]=${noop_pid_of[metadata]}
-  [N+ans]=${noop_pid_of[both]} [S]=$sg_off_pid [S+log]=$sg_all_pid)
+  [N+ans]=${noop_pid_of[both]} [S]=$sg_off_pid [S+log]=$sg_all_pid [N+raw]=${noop_pid_of[none]} [S+raw]=$sg_all_pid)
 start_envoy() { # variant filters clusters
   local v=$1 listen admin file
   listen=$(free_port) admin=$(free_port) file="$work/envoy-${v/+/-}.yaml"
@@ -250,6 +255,8 @@ for v in "${variants[@]}"; do
     N+ans) start_envoy N+ans "$(ext_authz_filter noop)" "$(grpc_cluster noop "${noop_port_of[both]}")" ;;
     S) start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")" ;;
     S+log) start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")" ;;
+    N+raw) start_envoy N+raw "$(ext_authz_filter noop raw)" "$(grpc_cluster noop "${noop_port_of[none]}")" ;;
+    S+raw) start_envoy S+raw "$(ext_authz_filter scopegate raw)" "$(grpc_cluster scopegate "$sg_all_port")" ;;
     *) echo "bench: unknown variant $v" >&2; exit 2 ;;
   esac
 done
@@ -318,7 +325,7 @@ echo "median over $rounds rounds:"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-order = ["A", "B0", "B", "N", "N+hdr", "N+md", "N+ans", "S", "S+log"]
+order = ["A", "B0", "B", "N", "N+hdr", "N+md", "N+ans", "N+raw", "S", "S+log", "S+raw"]
 med = {}
 for v in order:
     rs = [r for r in rows if r[0] == v]
@@ -329,9 +336,10 @@ for v in order:
     print(f"  {v:<6} {med[v][0]:>8.0f} req/s   p50 {med[v][1]:>6.0f} us   p99 {med[v][2]:>6.0f} us"
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
-for s in ("S", "S+log", "N+hdr", "N+md", "N+ans"):
-    for base in ("N", "N+hdr", "N+ans", "B0", "B", "A"):
-        if s not in med or base not in med or s == base or (s.startswith("N") and base != "N"):
+for s in ("S", "S+log", "S+raw", "N+hdr", "N+md", "N+ans", "N+raw"):
+    for base in ("N", "N+hdr", "N+ans", "S+log", "B0", "B", "A"):
+        if s not in med or base not in med or s == base or (s.startswith("N") and base != "N") \
+                or (base == "S+log" and s != "S+raw"):
             continue
         # Paired: the ratio within each round (the two runs seconds apart), then the median of
         # those; steadier than the ratio of medians when the machine drifts between rounds.
