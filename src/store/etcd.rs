@@ -250,8 +250,12 @@ impl EtcdSource {
         tracing::debug!(endpoint, from = self.revision + 1, "watching");
         let mut progress = tokio::time::interval(self.settings.progress_interval);
         // A member that hangs (frozen, partitioned without a reset) answers nothing; the HTTP/2
-        // keep-alive would notice only after ~10 s, while revocations pile up unseen. No answer
-        // to two progress requests in a row ends the session, and the next endpoint is tried.
+        // keep-alive would notice only after ~10 s, while revocations pile up unseen. Nothing
+        // heard for two progress intervals (a progress request left unanswered for a whole
+        // interval) ends the session, and the next endpoint is tried. A deadline of its own:
+        // sampled at the next progress tick instead, the silence was seen only ~3 intervals
+        // after the last answer, and the snapshot (confirmed by that answer) was already older
+        // than a `--max-staleness` of 3 intervals by the time the next member confirmed it.
         let silence_limit = self.settings.progress_interval * 2;
         let mut last_heard = tokio::time::Instant::now();
         loop {
@@ -268,11 +272,10 @@ impl EtcdSource {
                     }
                 }
                 _ = progress.tick() => {
-                    let silent = last_heard.elapsed();
-                    if silent > silence_limit {
-                        return Err(EtcdError::Unresponsive(silent));
-                    }
                     stream.request_progress().await?;
+                }
+                _ = tokio::time::sleep_until(last_heard + silence_limit) => {
+                    return Err(EtcdError::Unresponsive(last_heard.elapsed()));
                 }
             }
         }
