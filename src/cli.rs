@@ -413,7 +413,8 @@ impl EtcdArgs {
 mod tests {
     use super::*;
 
-    fn serve(argv: &[&str]) -> Result<Config, String> {
+    /// `scopegate serve ARGV…` parsed and turned into the configuration, as the binary does.
+    pub(in crate::cli) fn serve(argv: &[&str]) -> Result<Config, String> {
         let mut full = vec!["scopegate", "serve"];
         full.extend_from_slice(argv);
         let cli = Cli::try_parse_args(full).map_err(|e| e.to_string())?;

@@ -21,3 +21,6 @@ pub mod rules;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+
+#[cfg(test)]
+mod test_support;

@@ -73,17 +73,12 @@ impl IdpArgs {
 
 #[cfg(test)]
 mod tests {
-    use crate::cli::{Cli, Command};
     use crate::config::{self, Config};
 
     fn serve(extra: &[&str]) -> Result<Config, String> {
-        let mut argv = vec!["scopegate", "serve", "--rules", "r.yaml"];
+        let mut argv = vec!["--rules", "r.yaml"];
         argv.extend_from_slice(extra);
-        let cli = Cli::try_parse_args(argv).map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command else {
-            return Err("not serve".into());
-        };
-        args.into_config().map_err(|e| e.to_string())
+        crate::cli::tests::serve(&argv)
     }
 
     #[test]

@@ -177,28 +177,11 @@ fn drain<W: Write>(queue: Receiver<Message>, out: W, idle_blocks: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A `Write` that appends to shared memory.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<arc_swap::ArcSwap<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.rcu(|old| {
-                let mut new = Vec::clone(old);
-                new.extend_from_slice(buf);
-                new
-            });
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_support::Captured;
 
     #[test]
     fn every_line_from_every_thread_is_written_whole_and_the_guard_flushes() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (writer, guard) = LogWriter::spawn(out.clone()).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -216,7 +199,7 @@ mod tests {
             t.join().unwrap();
         }
         drop(guard);
-        let text = String::from_utf8(out.0.load().to_vec()).unwrap();
+        let text = out.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 20_000);
         for t in 0..4 {
@@ -234,11 +217,11 @@ mod tests {
 
     #[test]
     fn an_idle_writer_wakes_for_the_next_line() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (writer, guard) = LogWriter::spawn(out.clone()).unwrap();
         writer.write_line(b"first\n".to_vec()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while out.0.load().as_slice() != b"first\n" {
+        while out.bytes() != b"first\n" {
             assert!(
                 std::time::Instant::now() < deadline,
                 "first line never written"
@@ -255,7 +238,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         writer.write_line(b"second\n".to_vec()).unwrap();
-        while out.0.load().as_slice() != b"first\nsecond\n" {
+        while out.bytes() != b"first\nsecond\n" {
             assert!(
                 std::time::Instant::now() < deadline,
                 "second line never written"

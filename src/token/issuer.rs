@@ -541,26 +541,9 @@ mod tests {
         );
     }
 
-    /// Collects formatted log lines.
-    #[derive(Clone, Default)]
-    #[allow(
-        clippy::disallowed_types,
-        reason = "a test's log capture, not the check path"
-    )]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_skipped_key_is_logged_with_its_kid_and_reason() {
+        use crate::test_support::Captured;
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -580,7 +563,7 @@ mod tests {
             )
             .unwrap();
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
         assert!(lines[0].contains(" WARN "), "{text}");
