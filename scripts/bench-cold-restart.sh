@@ -67,14 +67,8 @@ if [[ $build -eq 1 ]]; then
 fi
 bin=target/release
 
-work=$(mktemp -d -t scopegate-cold-restart.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib/bench.sh
+bench_start cold-restart
 forget_pid() { # drop an exited (and reaped) PID from the cleanup list
   local keep=() p
   for p in "${pids[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
@@ -87,9 +81,6 @@ mkfifo "$work/never"
 exec {never}<>"$work/never"
 pause() { read -r -t "$1" -u "$never" _ || true; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 grpc_port=$(free_port) admin_port=$(free_port)
 
 # GET /readyz over bash's /dev/tcp (no curl process per poll): true on 200.
@@ -121,10 +112,7 @@ is_running() { # pid: true until it exits (a zombie counts as exited)
   [[ ${stat%% *} != Z ]]
 }
 
-pin_server=() pin_client=()
-if [[ $pin -eq 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
-  pin_server=(taskset -c $(($(nproc) - 1))) pin_client=(taskset -c 0)
-fi
+bench_pinning "$pin"
 start_scopegate() { # n -> sets sg_pid (default decision log, to the log file)
   TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/scopegate" serve --rules examples/rules.yaml \
     --listen "127.0.0.1:$grpc_port" --admin-listen "127.0.0.1:$admin_port" >"$work/scopegate-$1.log" 2>&1 &

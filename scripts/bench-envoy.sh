@@ -61,18 +61,8 @@ if [[ $build -eq 1 ]]; then
 fi
 bin=target/release
 
-work=$(mktemp -d -t scopegate-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source scripts/lib/bench.sh
+bench_start bench
 
 # Polls until the URL answers 200 with a body matching $2 (a condition, with a deadline).
 wait_http() {
@@ -336,26 +326,25 @@ for v in order:
     print(f"  {v:<6} {med[v][0]:>8.0f} req/s   p50 {med[v][1]:>6.0f} us   p99 {med[v][2]:>6.0f} us"
           f"   CPU/req: envoy {med[v][3]:>5.1f} us, authz {med[v][4]:>5.1f} us" + (f"   NON-2xx {bad}" if bad else ""))
 print()
-for s in ("S", "S+log", "S+raw", "N+hdr", "N+md", "N+ans", "N+raw"):
-    for base in ("N", "N+hdr", "N+ans", "S+log", "B0", "B", "A"):
-        if s not in med or base not in med or s == base or (s.startswith("N") and base != "N") \
-                or (base == "S+log" and s != "S+raw"):
-            continue
-        # Paired: the ratio within each round (the two runs seconds apart), then the median of
-        # those; steadier than the ratio of medians when the machine drifts between rounds.
-        paired = [float(a[1]) / float(b[1]) for a, b in zip([r for r in rows if r[0] == s], [r for r in rows if r[0] == base])]
-        print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f} (paired median {statistics.median(paired):.3f},"
-              f" rounds {min(paired):.2f}-{max(paired):.2f})   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
+# scopegate against every baseline; S+raw also against S+log; each no-op answer against N.
+baselines = ("N", "N+hdr", "N+ans", "B0", "B", "A")
+pairs = [(s, b) for s in ("S", "S+log", "S+raw") for b in baselines]
+pairs += [("S+raw", "S+log")] + [(n, "N") for n in ("N+hdr", "N+md", "N+ans", "N+raw")]
+for s, base in pairs:
+    if s not in med or base not in med or s == base:
+        continue
+    # Paired: the ratio within each round (the two runs seconds apart), then the median of
+    # those; steadier than the ratio of medians when the machine drifts between rounds.
+    paired = [float(a[1]) / float(b[1]) for a, b in zip([r for r in rows if r[0] == s], [r for r in rows if r[0] == base])]
+    print(f"  {s}/{base}: throughput {med[s][0] / med[base][0]:.3f} (paired median {statistics.median(paired):.3f},"
+          f" rounds {min(paired):.2f}-{max(paired):.2f})   p50 {med[s][1] / med[base][1]:.2f}x   p99 {med[s][2] / med[base][2]:.2f}x")
 EOF
 
 # --- scopegate alone over gRPC ---------------------------------------------------------------
 # Dedicated servers with one runtime worker each. By default the server gets the last CPU and
 # loadgen CPU 0 (taskset), so that client and server do not preempt each other (--no-pin: shared).
 if [[ $loadgen -eq 1 ]]; then
-  pin_server=() pin_client=()
-  if [[ $pin -eq 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
-    pin_server=(taskset -c $(($(nproc) - 1))) pin_client=(taskset -c 0)
-  fi
+  bench_pinning "$pin"
   lg_noop_port=$(free_port)
   TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$lg_noop_port" 2>>"$work/noop.log" &
   pids+=($!)
