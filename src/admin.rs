@@ -1,7 +1,7 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (a snapshot is loaded and within `--max-staleness`, and every remote-key issuer has keys or
-//! `--keys-ready-timeout` has passed since start-up), `/readyz/serving` (a snapshot is loaded and
-//! within `--max-staleness`: what the gRPC health service reports, for probes that cannot speak
+//! (a snapshot is loaded and younger than two thirds of `--max-staleness`, and every remote-key
+//! issuer has keys or `--keys-ready-timeout` has passed since start-up), `/readyz/serving` (the
+//! snapshot part only: what the gRPC health service reports, for probes that cannot speak
 //! gRPC over TLS) and
 //! `/status` (revision, age, last source error, as JSON). The gRPC health service lives on the
 //! gRPC port (see `app`).
@@ -37,7 +37,7 @@ impl AdminState {
         };
         let keys =
             snapshot.verifier.remote_keys_loaded() || Instant::now() >= self.keys_ready_deadline;
-        keys && !self.store.is_stale(self.max_staleness)
+        keys && self.store.is_serving(self.max_staleness)
     }
 }
 
@@ -83,9 +83,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// SERVING in grpc.health.v1 terms (as `app` reports it): a snapshot is loaded and not stale.
+/// SERVING in grpc.health.v1 terms (as `app` reports it): see [`SnapshotStore::is_serving`].
 async fn serving(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.store.current().is_some() && !state.store.is_stale(state.max_staleness) {
+    if state.store.is_serving(state.max_staleness) {
         (StatusCode::OK, "serving\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")

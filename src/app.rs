@@ -228,10 +228,11 @@ pub async fn start(config: &Config) -> Result<RunningApp, AppError> {
     App::build(config.clone()).spawn().await
 }
 
-/// SERVING once a snapshot is loaded and (with `--max-staleness`) not stale, for `""` and the
-/// ext_authz service; NOT_SERVING otherwise. A replica cut off from etcd thus takes itself out of
-/// rotation (Envoy's gRPC health check ejects it) instead of answering 503 to its share of the
-/// traffic. Re-evaluated on every new revision and every [`HEALTH_RECHECK`].
+/// SERVING once a snapshot is loaded and (with `--max-staleness`) confirmed within two thirds of
+/// the bound ([`SnapshotStore::is_serving`]), for `""` and the ext_authz service; NOT_SERVING
+/// otherwise. A replica cut off from etcd thus takes itself out of rotation (Envoy's gRPC health
+/// check ejects it) before it would answer 503 `snapshot_stale` to its share of the traffic.
+/// Re-evaluated on every new revision and every [`HEALTH_RECHECK`].
 async fn report_health(
     reporter: tonic_health::server::HealthReporter,
     store: Arc<SnapshotStore>,
@@ -241,7 +242,7 @@ async fn report_health(
     let name = <AuthorizationServer<AuthorizationService> as tonic::server::NamedService>::NAME;
     let mut reported = None;
     loop {
-        let serving = store.current().is_some() && !store.is_stale(max_staleness);
+        let serving = store.is_serving(max_staleness);
         let status = if serving {
             ServingStatus::Serving
         } else {

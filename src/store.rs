@@ -141,6 +141,12 @@ pub struct SnapshotStore {
     key_fetcher: Option<Arc<KeyFetcher>>,
 }
 
+/// The age at which health (gRPC health, `/readyz`) reports a replica out of rotation: two
+/// thirds of `--max-staleness`, the bound at which its checks fail closed.
+pub fn health_bound(max_staleness: Duration) -> Duration {
+    max_staleness * 2 / 3
+}
+
 impl Default for SnapshotStore {
     fn default() -> Self {
         SnapshotStore {
@@ -204,6 +210,14 @@ impl SnapshotStore {
         self.age().is_none_or(|age| age > max)
     }
 
+    /// Whether health checks should see this replica in rotation: a snapshot is loaded and,
+    /// with a bound, confirmed within [`health_bound`] of it. Health leaves rotation before the
+    /// checks fail closed, so that a health check running at least every third of `--max-staleness`
+    /// ejects a replica cut off from its source before it answers 503 `snapshot_stale`.
+    pub fn is_serving(&self, max_staleness: Option<Duration>) -> bool {
+        self.current().is_some() && !self.is_stale(max_staleness.map(health_bound))
+    }
+
     /// Subscribe to published revisions (tests and readiness wait on this).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
@@ -248,5 +262,27 @@ mod tests {
             .confirmed_at_ms
             .store(unix_millis() - 120_000, Ordering::Relaxed);
         assert!(store.is_stale(Some(Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn health_leaves_rotation_at_two_thirds_of_the_staleness_bound() {
+        let bound = Some(Duration::from_secs(60));
+        let store = SnapshotStore::default();
+        assert!(!store.is_serving(None), "no snapshot: not serving");
+        store.publish(Snapshot::build(RuleSet::default(), 1, None));
+        assert!(store.is_serving(None) && store.is_serving(bound));
+        let confirmed_ago = |secs: u64| {
+            store
+                .confirmed_at_ms
+                .store(unix_millis() - secs * 1000, Ordering::Relaxed)
+        };
+        confirmed_ago(30);
+        assert!(store.is_serving(bound), "30 s of 60: in rotation");
+        confirmed_ago(45);
+        assert!(!store.is_stale(bound), "45 s of 60: checks still answer");
+        assert!(!store.is_serving(bound), "...but health has left rotation");
+        assert!(store.is_serving(None), "no bound: health never ages out");
+        confirmed_ago(90);
+        assert!(store.is_stale(bound) && !store.is_serving(bound));
     }
 }

@@ -460,6 +460,41 @@ async fn max_staleness_fails_closed_and_recovers() {
     until_health(&app, SERVING, "recovered replica reports SERVING").await;
 }
 
+/// A replica cut off from etcd reports NOT_SERVING (gRPC health and /readyz) at two thirds of
+/// `--max-staleness`, while its checks still answer: Envoy's health check can eject it before it
+/// starts failing closed with 503 snapshot_stale.
+#[tokio::test]
+async fn health_leaves_rotation_before_checks_fail_closed() {
+    let etcd = EtcdServer::start().await;
+    seed(&mut etcd.client().await).await;
+    let proxy =
+        CuttableProxy::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
+    // NOT_SERVING from 4 s without confirmation, snapshot_stale from 6 s.
+    let app = start_scopegate(&proxy.endpoint(), &["--max-staleness", "6s"]).await;
+    let t = token("alice", "orders:read");
+    until_status(&app, "/orders/1", Some(&t), 200, "initial load").await;
+    until_health(&app, SERVING, "loaded replica reports SERVING").await;
+    proxy.cut();
+    until_health(&app, NOT_SERVING, "cut-off replica leaves rotation").await;
+    let (status, _) = support::server::http_get_status(app.admin_addr, "/readyz").await;
+    assert_eq!(status, 503, "/readyz agrees with the gRPC health service");
+    let age = app.store.age().unwrap();
+    assert!(
+        age < Duration::from_secs(6),
+        "health left rotation only at {age:?}, after the staleness bound"
+    );
+    assert_eq!(
+        ask(app.grpc_addr, "GET", "/orders/1", Some(&t))
+            .await
+            .status,
+        200,
+        "out of rotation, but not stale yet: checks still answer from the snapshot"
+    );
+    until_status(&app, "/orders/1", Some(&t), 503, "then it fails closed").await;
+    proxy.restore();
+    until_health(&app, SERVING, "recovered replica reports SERVING").await;
+}
+
 const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
 const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
 
