@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use moka::Expiry;
-use sha2::{Digest, Sha256};
 
 use crate::store::unix_millis;
 use crate::token::{Claims, KeyStamp};
@@ -19,7 +18,7 @@ use crate::token::{Claims, KeyStamp};
 pub type TokenDigest = [u8; 32];
 
 pub fn digest(token: &str) -> TokenDigest {
-    Sha256::digest(token.as_bytes()).into()
+    crate::sha256::sha256(token.as_bytes())
 }
 
 #[derive(Debug, Clone)]

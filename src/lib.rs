@@ -18,6 +18,7 @@ pub mod config;
 pub mod grpc;
 pub mod reason;
 pub mod rules;
+pub mod sha256;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +27,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::sha256::Sha256;
 use crate::telemetry::Metrics;
 
 /// Fallback re-read interval of the certificate files (changes are normally seen at once).
@@ -145,7 +145,7 @@ impl TlsSettings {
             hash.update(part);
         }
         Ok(Reading {
-            digest: hash.finalize().into(),
+            digest: hash.finish(),
             cert,
             key,
             client_ca,

