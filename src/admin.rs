@@ -1,13 +1,9 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (a snapshot is loaded and younger than two thirds of `--max-staleness`, and every remote-key
-//! issuer has keys or `--keys-ready-timeout` has passed since start-up), `/readyz/serving` (the
-//! snapshot part only: what the gRPC health service reports, for probes that cannot speak
-//! gRPC over TLS) and
-//! `/status` (revision, age, last source error, as JSON). The gRPC health service lives on the
-//! gRPC port (see `app`).
+//! and `/readyz/serving` (both [`Readiness`]: what the gRPC health service reports; the second
+//! name is for probes that cannot speak gRPC over TLS) and `/status` (revision, age, last
+//! source error, as JSON). The gRPC health service lives on the gRPC port (see `app`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::readiness::Readiness;
 use crate::store::SnapshotStore;
 use crate::telemetry::Metrics;
 
@@ -23,22 +20,7 @@ use crate::telemetry::Metrics;
 pub struct AdminState {
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
-    pub max_staleness: Option<Duration>,
-    /// Until then, readiness also waits for every remote-key issuer to have keys.
-    pub keys_ready_deadline: Instant,
-}
-
-impl AdminState {
-    /// Ready: a snapshot is loaded, not older than allowed, and its remote-key issuers have
-    /// keys (or the start-up wait for them is over).
-    pub fn is_ready(&self) -> bool {
-        let Some(snapshot) = self.store.current() else {
-            return false;
-        };
-        let keys =
-            snapshot.verifier.remote_keys_loaded() || Instant::now() >= self.keys_ready_deadline;
-        keys && self.store.is_serving(self.max_staleness)
-    }
+    pub readiness: Readiness,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -76,16 +58,16 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.is_ready() {
+    if state.readiness.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-/// SERVING in grpc.health.v1 terms (as `app` reports it): see [`SnapshotStore::is_serving`].
+/// SERVING in grpc.health.v1 terms (as `app` reports it): the same [`Readiness`] as `/readyz`.
 async fn serving(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.store.is_serving(state.max_staleness) {
+    if state.readiness.is_ready() {
         (StatusCode::OK, "serving\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
@@ -95,7 +77,7 @@ async fn serving(State(state): State<AdminState>) -> impl IntoResponse {
 async fn status(State(state): State<AdminState>) -> impl IntoResponse {
     let snapshot = state.store.current();
     let body = serde_json::json!({
-        "ready": state.is_ready(),
+        "ready": state.readiness.is_ready(),
         "revision": snapshot.as_ref().map(|s| s.revision),
         "routes": snapshot.as_ref().map(|s| s.routes.len()),
         "issuers": snapshot.as_ref().map(|s| s.rules.issuers.len()),

@@ -20,6 +20,7 @@ use crate::check::Checker;
 use crate::config::{Config, SourceConfig};
 use crate::grpc::tls::{self, ServerTls, TlsError};
 use crate::grpc::AuthorizationService;
+use crate::readiness::Readiness;
 use crate::rules::document::DocumentError;
 use crate::store::etcd::EtcdSource;
 use crate::store::file::FileSource;
@@ -139,8 +140,7 @@ impl App {
         let (admin_listener, admin_addr) = bind(self.config.admin_listen).await?;
         background.push(self.spawn_admin(admin_listener));
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let staleness = self.config.check.max_staleness;
-        let health = report_health(reporter, self.store.clone(), staleness);
+        let health = report_health(reporter, self.readiness());
         background.push(tokio::spawn(health));
         let (listener, grpc_addr) = bind(self.config.listen).await?;
         let (tx, rx) = oneshot::channel::<()>();
@@ -208,12 +208,19 @@ impl App {
         }
     }
 
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            store: self.store.clone(),
+            max_staleness: self.config.check.max_staleness,
+            keys_ready_deadline: self.started + self.config.keys_ready_timeout,
+        }
+    }
+
     fn spawn_admin(&self, listener: TcpListener) -> JoinHandle<()> {
         let state = AdminState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
-            max_staleness: self.config.check.max_staleness,
-            keys_ready_deadline: self.started + self.config.keys_ready_timeout,
+            readiness: self.readiness(),
         };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {
@@ -228,21 +235,17 @@ pub async fn start(config: &Config) -> Result<RunningApp, AppError> {
     App::build(config.clone()).spawn().await
 }
 
-/// SERVING once a snapshot is loaded and (with `--max-staleness`) confirmed within two thirds of
-/// the bound ([`SnapshotStore::is_serving`]), for `""` and the ext_authz service; NOT_SERVING
-/// otherwise. A replica cut off from etcd thus takes itself out of rotation (Envoy's gRPC health
-/// check ejects it) before it would answer 503 `snapshot_stale` to its share of the traffic.
-/// Re-evaluated on every new revision and every [`HEALTH_RECHECK`].
-async fn report_health(
-    reporter: tonic_health::server::HealthReporter,
-    store: Arc<SnapshotStore>,
-    max_staleness: Option<Duration>,
-) {
-    let mut revisions = store.subscribe();
+/// SERVING while the replica is [`Readiness::is_ready`] (a current-enough snapshot, and the
+/// remote issuers' keys or the end of the start-up wait for them), for `""` and the ext_authz
+/// service; NOT_SERVING otherwise. A replica cut off from etcd thus takes itself out of rotation
+/// (Envoy's gRPC health check ejects it) before it would answer 503 `snapshot_stale` to its
+/// share of the traffic. Re-evaluated on every new revision and every [`HEALTH_RECHECK`].
+async fn report_health(reporter: tonic_health::server::HealthReporter, readiness: Readiness) {
+    let mut revisions = readiness.store.subscribe();
     let name = <AuthorizationServer<AuthorizationService> as tonic::server::NamedService>::NAME;
     let mut reported = None;
     loop {
-        let serving = store.is_serving(max_staleness);
+        let serving = readiness.is_ready();
         let status = if serving {
             ServingStatus::Serving
         } else {

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod grpc;
+pub mod readiness;
 pub mod reason;
 pub mod rules;
 pub mod sha256;

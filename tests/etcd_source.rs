@@ -19,7 +19,7 @@ use scopegate::app::RunningApp;
 use support::etcd::{EtcdServer, EtcdTls};
 use support::etcd_scopegate::{self, ask, start_scopegate, P, WAIT};
 use support::proxy::CuttableProxy;
-use support::server::{check_request, connect, http_get, Answer};
+use support::server::{check_request, connect, grpc_health, http_get, Answer, ServingStatus};
 use support::tokens::{self, claims, sign, token};
 use support::wait_until;
 
@@ -495,27 +495,13 @@ async fn health_leaves_rotation_before_checks_fail_closed() {
     until_health(&app, SERVING, "recovered replica reports SERVING").await;
 }
 
-const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+const SERVING: ServingStatus = ServingStatus::Serving;
+const NOT_SERVING: ServingStatus = ServingStatus::NotServing;
 
-async fn until_health(app: &RunningApp, want: i32, what: &str) {
+async fn until_health(app: &RunningApp, want: ServingStatus, what: &str) {
     let addr = app.grpc_addr;
     wait_until(what, Duration::from_secs(10), || async move {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let request = tonic_health::pb::HealthCheckRequest {
-            service: "envoy.service.auth.v3.Authorization".into(),
-        };
-        health
-            .check(request)
-            .await
-            .is_ok_and(|r| r.into_inner().status == want)
+        grpc_health(addr).await == Some(want)
     })
     .await;
 }

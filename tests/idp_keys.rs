@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use serde_json::{json, Value};
 use support::idp::{Idp, IdpOptions, TokenRequest, ORDERS_CLIENT, RESOURCE_ES256};
-use support::server::{http_get_status, Answer, TestServer};
+use support::server::{grpc_health, http_get_status, Answer, ServingStatus, TestServer};
 use support::wait_until;
 use tonic::transport::Channel;
 
@@ -244,11 +244,29 @@ async fn readiness_waits_for_keys_and_a_failed_first_fetch_recovers() {
     let mut server = serve(&idp, json!({}), &["--keys-ready-timeout", "1m"]).await;
     let admin = server.app.admin_addr;
     assert_eq!(http_get_status(admin, "/readyz").await.0, 503);
+    // The gRPC health service (what Envoy's health check and the chart's default probe ask)
+    // says the same, so no check is sent to a replica that cannot verify the issuer's tokens.
+    let grpc = server.app.grpc_addr;
+    assert_eq!(grpc_health(grpc).await, Some(ServingStatus::NotServing));
+    assert_eq!(http_get_status(admin, "/readyz/serving").await.0, 503);
     let bounded = serve(&idp, json!({}), &["--keys-ready-timeout", "500ms"]).await;
     ready(&bounded).await;
+    let bounded_grpc = bounded.app.grpc_addr;
+    wait_until(
+        "bounded wait: SERVING",
+        Duration::from_secs(20),
+        || async move { grpc_health(bounded_grpc).await == Some(ServingStatus::Serving) },
+    )
+    .await;
     // It comes back on the same address (fresh keys): the retry loop picks it up.
     idp.restart().await;
     ready(&server).await;
+    wait_until(
+        "keys loaded: SERVING",
+        Duration::from_secs(20),
+        || async move { grpc_health(grpc).await == Some(ServingStatus::Serving) },
+    )
+    .await;
     let token = idp.jwt("orders:read").await;
     assert_eq!(get(&mut server, &token).await.status, 200);
 }

@@ -176,6 +176,23 @@ pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationClient<Channel>
         .expect("gRPC connect")
 }
 
+/// What the gRPC health service says for the ext_authz service (`None`: no answer).
+pub async fn grpc_health(addr: std::net::SocketAddr) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "envoy.service.auth.v3.Authorization".into(),
+    };
+    let status = health.check(request).await.ok()?.into_inner().status;
+    ServingStatus::try_from(status).ok()
+}
+
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
 /// A minimal HTTP/1.0 GET (admin endpoints), returning the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http_get_status(addr, path).await.1
