@@ -265,12 +265,14 @@ pub fn decide(
 ) -> Decision {
     let segments = request.segments();
     let mut credential = LazyCredential::new(credential);
-    let decision = match snapshot
+    let found = snapshot
         .routes
-        .find(&request.host, &request.method, &segments)
-    {
-        Some(route) => decide_for_route(snapshot, request, route, &mut credential),
-        None => no_rule(),
+        .find_case_checked(&request.host, &request.method, &segments);
+    let decision = match found {
+        Ok(Some(route)) => decide_for_route(snapshot, request, route, &mut credential),
+        Ok(None) => no_rule(),
+        // Refused before any rule applies (a lockdown cannot loosen it: tighten keeps denials).
+        Err(_) => Decision::deny(Denial::invalid_request(&RequestError::CaseAmbiguous)),
     };
     lockdown::tighten(snapshot, request, decision, &mut credential)
 }

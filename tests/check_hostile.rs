@@ -308,3 +308,37 @@ async fn paths_not_in_normal_form_are_refused_also_on_a_pinned_rule() {
         .await;
     assert_denied(&a, 403, "insufficient_scope", "/admin/orders/1");
 }
+
+/// A case-insensitive upstream (IIS, some ASP.NET and Spring set-ups) serves `/ADMIN/x` as
+/// `/admin/x`: a path whose letter case changes which rule applies is refused (400), whatever
+/// the token; upper case that picks the same rule either way is decided normally.
+#[tokio::test]
+async fn a_path_whose_letter_case_changes_the_rule_is_refused() {
+    let mut s = server().await;
+    let reader = token("alice", "orders:read");
+    let admin = token("root", "admin orders:read");
+    for path in ["/ADMIN/x", "/Admin/x", "/aDMIN", "/ORDERS/1"] {
+        let a = s.check("GET", "api.example.com", path, Some(&reader)).await;
+        assert_denied(&a, 400, "invalid_request", path);
+        let a = s.check("GET", "api.example.com", path, Some(&admin)).await;
+        assert_denied(&a, 400, "invalid_request", "refused even with the scope");
+    }
+    // Upper case inside a parameter or a prefix's tail picks the same rule either way.
+    let a = s
+        .check("GET", "api.example.com", "/orders/AbC", Some(&reader))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = s
+        .check("GET", "api.example.com", "/ACME/orders", Some(&reader))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = s
+        .check("GET", "api.example.com", "/admin/Reports", Some(&reader))
+        .await;
+    assert_denied(
+        &a,
+        403,
+        "insufficient_scope",
+        "same rule either way: decided",
+    );
+}

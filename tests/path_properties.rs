@@ -1,8 +1,9 @@
 //! Property tests for the path rule: for arbitrary paths built from the pieces attackers use
 //! (`""`, `.`, `..`, `;`, `;p=1`, `%2e`, ...), the rule scopegate applies is the rule every
 //! reference reading of the path (RFC 3986, merge-slashes-then-RFC 3986, Tomcat, decode-first)
-//! would apply, or scopegate refuses the request. Also: the normaliser never panics, is
-//! idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
+//! would apply, or scopegate refuses the request; the same against a case-insensitive upstream
+//! (IIS: RFC 3986, then ASCII letters folded, against rules folded the same way). Also: the
+//! normaliser never panics, is idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,7 +20,7 @@ use scopegate::authz::request::normalise_path;
 use scopegate::authz::Request;
 use scopegate::rules::document::parse_document;
 use scopegate::store::Snapshot;
-use support::path_readings::{path_part, READINGS};
+use support::path_readings::{path_part, rfc3986, READINGS};
 
 const RULES: &str = r#"
 routes:
@@ -29,12 +30,25 @@ routes:
   orders-admin: {host: "*", path: /orders/admin, require: {all: [admin]}}
   tenant: {host: "*", path: "/{tenant}/orders", require: {all: [tenant]}}
   one: {host: "*", path: /1/**, require: {public: true}}
+  api: {host: "*", path: /API/**, require: {all: [admin]}}
   root: {host: "*", path: /**, require: {public: true}}
 "#;
 
 fn snapshot() -> Snapshot {
     let rules = parse_document(RULES, Path::new("rules.yaml")).expect("rules parse");
     Snapshot::build(rules, 1, None)
+}
+
+/// The rules as a case-insensitive upstream sees them (ids are lower-case already).
+fn folded_snapshot() -> Snapshot {
+    let rules = parse_document(&RULES.to_ascii_lowercase(), Path::new("rules.yaml"))
+        .expect("folded rules parse");
+    Snapshot::build(rules, 1, None)
+}
+
+/// The rule a case-insensitive upstream applies to `raw`.
+fn case_insensitive_rule(folded: &Snapshot, raw: &str) -> Option<String> {
+    rule_for_segments(folded, &rfc3986(raw).to_ascii_lowercase())
 }
 
 /// The rule a path selects when matched segment by segment as it stands.
@@ -46,16 +60,22 @@ fn rule_for_segments(snapshot: &Snapshot, path: &str) -> Option<String> {
         .map(|r| r.id.clone())
 }
 
-/// The rule scopegate applies, or `None` when it refuses the path.
+/// The rule scopegate applies, or `None` when it refuses the path (as `authz::decide` looks it
+/// up: the path checked, then the rule, with the letter-case check).
 fn scopegate_rule(snapshot: &Snapshot, raw: &str) -> Option<Option<String>> {
     let request = Request::new("api.example.com", "GET", raw).ok()?;
-    Some(rule_for_segments(snapshot, &request.path))
+    let segments = request.segments();
+    let found = snapshot
+        .routes
+        .find_case_checked(&request.host, &request.method, &segments)
+        .ok()?;
+    Some(found.map(|r| r.id.clone()))
 }
 
 fn piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "", ".", "..", ";", ";p=1", "%2e", "%2E%2e", "%2e.", "..;", ".;", "admin", "orders", "1",
-        "%3B", "%2F", "%25", "%61dmin", "%20",
+        "%3B", "%2F", "%25", "%61dmin", "%20", "ADMIN", "Admin", "API", "api", "Orders", "X",
     ])
 }
 
@@ -88,7 +108,10 @@ proptest! {
     #[test]
     fn accepted_paths_select_the_rule_every_reading_selects(raw in path()) {
         let snapshot = snapshot();
+        let folded = folded_snapshot();
         if let Some(chosen) = scopegate_rule(&snapshot, &raw) {
+            let theirs = case_insensitive_rule(&folded, &raw);
+            prop_assert_eq!(&chosen, &theirs, "a case-insensitive upstream reads {:?}", raw);
             for (name, read) in READINGS {
                 let served = read(&raw);
                 let theirs = rule_for_segments(&snapshot, &served);
@@ -142,9 +165,17 @@ fn plain_paths_are_accepted_and_agree() {
         "/admin/orders/",
         "/1",
         "/a%20b/orders",
+        // Upper case that picks the same rule under either reading.
+        "/1/X",
+        "/X/orders",
+        "/admin/X",
+        "/API/x",
+        "/orders/X",
     ];
+    let folded = folded_snapshot();
     for raw in plain {
         let chosen = scopegate_rule(&snapshot, raw).unwrap_or_else(|| panic!("{raw} refused"));
+        assert_eq!(chosen, case_insensitive_rule(&folded, raw), "folded {raw}");
         for (name, read) in READINGS {
             assert_eq!(
                 chosen,
@@ -166,6 +197,12 @@ fn reported_examples_are_refused() {
         "/admin;x=1/orders",
         "/1/..;/admin/x",
         "/1/%2e%2e/admin/x",
+        // Letter case: IIS serves these from /admin/ and /API/.
+        "/ADMIN/x",
+        "/Admin",
+        "/api/x",
+        "/Orders/admin",
+        "/1/Orders",
     ] {
         assert_eq!(scopegate_rule(&snapshot, raw), None, "{raw} accepted");
     }

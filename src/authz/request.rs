@@ -64,6 +64,10 @@ pub enum RequestError {
     ForbiddenCharacter,
     #[error("path is too long")]
     PathTooLong,
+    /// The path picks one rule as written and another with its letters folded, as an upstream
+    /// that routes case-insensitively reads it (see `rules::matcher`).
+    #[error("path letter case changes which rule applies")]
+    CaseAmbiguous,
     #[error("host is missing or invalid")]
     BadHost,
     #[error("method must be an upper-case token")]

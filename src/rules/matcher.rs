@@ -5,6 +5,13 @@
 //! Precedence: exact host, then the longest `*.suffix`, then `*`; within a host bucket the
 //! path's specificity ([`PathPattern::specificity_cmp`]), then a listed method over any, then the
 //! lowest id. A bucket with no match falls through to the next less specific host bucket.
+//!
+//! Case: paths match case-sensitively (RFC 3986), but some upstreams route case-insensitively
+//! (IIS, some ASP.NET and Spring set-ups) and serve `/ADMIN/x` as `/admin/x`.
+//! [`RouteIndex::find_case_checked`] also reads the path with ASCII letters folded, against the
+//! rules folded the same way, and reports [`CaseAmbiguity`] when the two readings pick different
+//! rules, so such a request is refused instead of being decided by a rule the upstream will not
+//! apply.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -15,10 +22,23 @@ use super::route::{HostPattern, Route, Segment};
 /// Routes compiled for lookup. Cheap to query, rebuilt whole on every snapshot.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
+    exact: HostBuckets,
+    /// The same routes with their literal segments in lower case; only built when a literal
+    /// has an upper-case letter (otherwise `exact` is its own folded index).
+    folded: Option<HostBuckets>,
+    len: usize,
+}
+
+/// A request whose path picks one rule as written and another with its letters folded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path letter case changes which rule applies")]
+pub struct CaseAmbiguity;
+
+#[derive(Debug, Default)]
+struct HostBuckets {
     exact_hosts: HashMap<Box<str>, PathTrie>,
     suffix_hosts: HashMap<Box<str>, PathTrie>,
     any_host: PathTrie,
-    len: usize,
 }
 
 #[derive(Debug, Default)]
@@ -52,24 +72,28 @@ impl Candidate {
     }
 }
 
+/// How literal segments are keyed in a trie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    AsWritten,
+    Folded,
+}
+
 impl RouteIndex {
     /// Compiles routes; their order does not matter.
     pub fn build<I: IntoIterator<Item = Arc<Route>>>(routes: I) -> RouteIndex {
         let mut routes: Vec<Arc<Route>> = routes.into_iter().collect();
         routes.sort_by(|a, b| b.precedence_cmp(a));
-        let mut index = RouteIndex {
+        let has_upper = routes.iter().any(|r| {
+            r.path.segments.iter().any(
+                |s| matches!(s, Segment::Literal(l) if l.bytes().any(|b| b.is_ascii_uppercase())),
+            )
+        });
+        RouteIndex {
+            exact: HostBuckets::build(&routes, Keys::AsWritten),
+            folded: has_upper.then(|| HostBuckets::build(&routes, Keys::Folded)),
             len: routes.len(),
-            ..RouteIndex::default()
-        };
-        for (rank, route) in routes.into_iter().enumerate() {
-            let trie = match &route.host {
-                HostPattern::Exact(h) => index.exact_hosts.entry(h.as_str().into()).or_default(),
-                HostPattern::Suffix(s) => index.suffix_hosts.entry(s.as_str().into()).or_default(),
-                HostPattern::Any => &mut index.any_host,
-            };
-            trie.insert(rank as u32, route);
         }
-        index
     }
 
     pub fn len(&self) -> usize {
@@ -80,8 +104,63 @@ impl RouteIndex {
         self.len == 0
     }
 
-    /// The winning route for a normalised host (lower-case, no port), method and path segments.
+    /// The winning route for a normalised host (lower-case, no port), method and path segments,
+    /// matched as written.
     pub fn find(&self, host: &str, method: &str, segments: &[&str]) -> Option<&Arc<Route>> {
+        self.exact.find(host, method, segments)
+    }
+
+    /// [`find`](Self::find), provided that the path read with ASCII letters folded to lower
+    /// case, against the rules folded the same way, picks the same route (or none either way).
+    /// Costs a second lookup only when the path or a rule has an upper-case letter.
+    pub fn find_case_checked(
+        &self,
+        host: &str,
+        method: &str,
+        segments: &[&str],
+    ) -> Result<Option<&Arc<Route>>, CaseAmbiguity> {
+        let found = self.find(host, method, segments);
+        let upper_in_path = segments
+            .iter()
+            .any(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
+        if !upper_in_path && self.folded.is_none() {
+            return Ok(found);
+        }
+        let lowered: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
+        let folded = self.folded.as_ref().unwrap_or(&self.exact);
+        let other = folded.find(host, method, &lowered);
+        let same = match (found, other) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            Ok(found)
+        } else {
+            Err(CaseAmbiguity)
+        }
+    }
+}
+
+impl HostBuckets {
+    /// `routes` in precedence order, best first.
+    fn build(routes: &[Arc<Route>], keys: Keys) -> HostBuckets {
+        let mut buckets = HostBuckets::default();
+        for (rank, route) in routes.iter().enumerate() {
+            let trie = match &route.host {
+                HostPattern::Exact(h) => buckets.exact_hosts.entry(h.as_str().into()).or_default(),
+                HostPattern::Suffix(s) => {
+                    buckets.suffix_hosts.entry(s.as_str().into()).or_default()
+                }
+                HostPattern::Any => &mut buckets.any_host,
+            };
+            trie.insert(rank as u32, route.clone(), keys);
+        }
+        buckets
+    }
+
+    fn find(&self, host: &str, method: &str, segments: &[&str]) -> Option<&Arc<Route>> {
         if let Some(found) = self
             .exact_hosts
             .get(host)
@@ -106,11 +185,17 @@ impl RouteIndex {
 }
 
 impl PathTrie {
-    fn insert(&mut self, rank: u32, route: Arc<Route>) {
+    fn insert(&mut self, rank: u32, route: Arc<Route>, keys: Keys) {
         let mut node = &mut self.root;
         for segment in &route.path.segments {
             node = match segment {
-                Segment::Literal(lit) => node.literal.entry(lit.as_str().into()).or_default(),
+                Segment::Literal(lit) => {
+                    let key: Box<str> = match keys {
+                        Keys::AsWritten => lit.as_str().into(),
+                        Keys::Folded => lit.to_ascii_lowercase().into(),
+                    };
+                    node.literal.entry(key).or_default()
+                }
                 Segment::Param(_) => node.param.get_or_insert_with(Box::default),
             };
         }
@@ -245,6 +330,63 @@ mod tests {
         let two = RouteIndex::build([b, a]);
         assert_eq!(find(&one, "h", "GET", "/t/1"), Some("a"));
         assert_eq!(find(&two, "h", "GET", "/t/1"), Some("a"));
+    }
+
+    fn checked<'a>(index: &'a RouteIndex, path: &str) -> Result<Option<&'a str>, CaseAmbiguity> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let found = index.find_case_checked("h", "GET", &segs)?;
+        Ok(found.map(|r| r.id.as_str()))
+    }
+
+    #[test]
+    fn a_path_whose_case_changes_the_rule_is_ambiguous() {
+        let index = RouteIndex::build([
+            route("admin", "*", "/admin/**", None),
+            route("user", "*", "/users/{id}", None),
+            route("me", "*", "/users/me", None),
+            route("root", "*", "/**", None),
+        ]);
+        assert!(index.folded.is_none(), "no upper-case literal: one index");
+        assert_eq!(checked(&index, "/admin/x"), Ok(Some("admin")));
+        // A case-insensitive upstream serves /ADMIN/x as /admin/x: refused.
+        assert_eq!(checked(&index, "/ADMIN/x"), Err(CaseAmbiguity));
+        assert_eq!(checked(&index, "/aDmin"), Err(CaseAmbiguity));
+        assert_eq!(checked(&index, "/users/ME"), Err(CaseAmbiguity));
+        // Upper case that picks the same rule either way is fine.
+        assert_eq!(checked(&index, "/users/JohnDoe"), Ok(Some("user")));
+        assert_eq!(checked(&index, "/Files/ReadMe.txt"), Ok(Some("root")));
+        assert_eq!(checked(&index, "/admin/Reports"), Ok(Some("admin")));
+    }
+
+    #[test]
+    fn upper_case_rule_literals_are_folded_for_the_second_reading() {
+        let index = RouteIndex::build([
+            route("api", "*", "/API/**", None),
+            route("root", "*", "/**", None),
+            route("none", "*", "/Only/{x}", Some(&["POST"])),
+        ]);
+        assert!(index.folded.is_some());
+        assert_eq!(checked(&index, "/API/x"), Ok(Some("api")));
+        // Matched as written, /api/x is the root rule; a case-insensitive upstream serves the
+        // /API/ resources there.
+        assert_eq!(checked(&index, "/api/x"), Err(CaseAmbiguity));
+        assert_eq!(checked(&index, "/Api/x"), Err(CaseAmbiguity));
+        assert_eq!(checked(&index, "/other"), Ok(Some("root")));
+        // The method filter applies to both readings.
+        assert_eq!(checked(&index, "/only/1"), Ok(Some("root")));
+    }
+
+    #[test]
+    fn rules_that_differ_only_in_case_are_ambiguous_for_one_of_them() {
+        // Under a case-insensitive reading these are one path: the lowest id wins there, so the
+        // other rule's own spelling is refused (such rule sets cannot be served safely by a
+        // case-insensitive upstream).
+        let index = RouteIndex::build([
+            route("a-upper", "*", "/Admin", None),
+            route("b-lower", "*", "/admin", None),
+        ]);
+        assert_eq!(checked(&index, "/Admin"), Ok(Some("a-upper")));
+        assert_eq!(checked(&index, "/admin"), Err(CaseAmbiguity));
     }
 
     #[test]

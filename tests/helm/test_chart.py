@@ -240,6 +240,9 @@ def test_deployment_defaults(chart):
     assert env["SCOPEGATE_DECISION_LOG"] == "all"
     assert env["SCOPEGATE_DYNAMIC_METADATA"] == "deny"
     assert env["SCOPEGATE_CACHE_CAPACITY"] == "100000"
+    assert env["SCOPEGATE_DPOP_IAT_WINDOW"] == "60s"
+    assert env["SCOPEGATE_DPOP_REPLAY_CAPACITY"] == "100000"
+    assert "SCOPEGATE_WORKER_THREADS" not in env  # one per CPU unless set
     assert env["SCOPEGATE_DRAIN_TIMEOUT"] == "10s"
     assert "SCOPEGATE_MAX_STALENESS" not in env  # off unless set
     for name in env:
@@ -622,6 +625,10 @@ def test_scheduling_pass_through(chart):
         {"config": {"maxStaleness": 30}},
         {"config": {"cacheMaxTtl": "5 minutes please"}},
         {"config": {"subjectHeader": "x subject"}},
+        {"config": {"dpopIatWindow": "a minute"}},
+        {"config": {"dpopReplayCapacity": 0}},
+        {"config": {"workerThreads": 0}},
+        {"config": {"workerThreads": "two"}},
         {"etcd": {"endpoints": ["etcd:2379"]}},
         {"etcd": {"endpoints": "https://etcd:2379"}},
         {"service": {"grpcPort": 70000}},
@@ -799,7 +806,8 @@ def test_binary_serves_the_rendered_rules_mode(chart, tmp_path, source):
             "rules": rules,
             "rulesExtraFiles": {"demo-jwks.json": jwks},
             # Non-default settings, to check the binary accepts what the chart renders.
-            "config": {"decisionLog": "deny", "dynamicMetadata": "all", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s", "stripAuthorization": True},
+            "config": {"decisionLog": "deny", "dynamicMetadata": "all", "logFormat": "text", "maxStaleness": "1m 30s", "cacheMaxTtl": "90s", "stripAuthorization": True,
+                       "dpopIatWindow": "30s", "dpopReplayCapacity": 5000, "workerThreads": 1},
             "shutdown": {"drainTimeoutSeconds": 3},
         }
         routes = len(rules["routes"])
@@ -1527,3 +1535,10 @@ def test_istio_retry_envoyfilter_is_the_envoy_examples_retry_and_envoy_accepts_i
     path.write_text(yaml.safe_dump(config))
     refused = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "Expected positive duration" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+
+def test_dpop_and_runtime_settings_reach_the_environment(chart):
+    env = env_values(container(objects(chart, {"config": {"dpopIatWindow": "15s", "dpopReplayCapacity": 250000, "workerThreads": 2}})))
+    assert env["SCOPEGATE_DPOP_IAT_WINDOW"] == "15s"
+    assert env["SCOPEGATE_DPOP_REPLAY_CAPACITY"] == "250000"
+    assert env["SCOPEGATE_WORKER_THREADS"] == "2"
