@@ -30,6 +30,13 @@ pub const CONTEXT_RULE: &str = "scopegate.rule";
 /// Largest bearer token accepted, in bytes (refused before any JWT parsing).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// How long a check that arrives before the first snapshot waits for it before denying
+/// (503 `no_snapshot`). A replica accepts connections a few milliseconds before its first load
+/// from etcd; without the wait, the checks Envoy sends it in that gap (a restarted replica that
+/// Envoy still counts healthy) would be denied. Well under Envoy's ext_authz timeout (0.5 s in
+/// the examples), and a deny either way, so `failure_mode_allow` never comes into play.
+pub const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_millis(250);
+
 /// Settings of the check pipeline.
 #[derive(Debug, Clone)]
 pub struct CheckSettings {
@@ -135,9 +142,9 @@ impl Checker {
     /// the credential needs an identity provider (see [`resolve`]).
     pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
-        let snapshot = self.store.current();
+        let snapshot = self.store.current_or_first(FIRST_SNAPSHOT_WAIT).await;
         let decision = match snapshot.as_deref() {
-            // Fail closed: nothing has been loaded yet.
+            // Fail closed: nothing has been loaded yet, nor within the wait.
             None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
             Some(snapshot) => self.decide_in_passes(snapshot, input).await,
         };

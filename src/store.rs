@@ -218,6 +218,24 @@ impl SnapshotStore {
         self.current().is_some() && !self.is_stale(max_staleness.map(health_bound))
     }
 
+    /// The current snapshot, or the first one if it is published within `wait` (`None` if not):
+    /// for a check that arrives in the moments between the listener opening and the first load.
+    pub async fn current_or_first(&self, wait: Duration) -> Option<Arc<Snapshot>> {
+        if let Some(snapshot) = self.current() {
+            return Some(snapshot);
+        }
+        let mut revisions = self.revision.subscribe();
+        let first = async {
+            loop {
+                if let Some(snapshot) = self.current() {
+                    return Some(snapshot);
+                }
+                revisions.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(wait, first).await.ok().flatten()
+    }
+
     /// Subscribe to published revisions (tests and readiness wait on this).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
@@ -262,6 +280,30 @@ mod tests {
             .confirmed_at_ms
             .store(unix_millis() - 120_000, Ordering::Relaxed);
         assert!(store.is_stale(Some(Duration::from_secs(60))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_before_the_first_snapshot_waits_for_it_boundedly() {
+        let store = SnapshotStore::new();
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.current_or_first(Duration::from_secs(1)).await }
+        });
+        // Published while the check waits: it gets that snapshot.
+        while store.revision.receiver_count() < 1 {
+            tokio::task::yield_now().await;
+        }
+        store.publish(Snapshot::build(RuleSet::default(), 7, None));
+        let got = waiting.await.unwrap().expect("the first snapshot");
+        assert_eq!(got.revision, 7);
+        // Nothing published: the wait ends at its bound (paused time advances by itself).
+        let empty = SnapshotStore::new();
+        let started = tokio::time::Instant::now();
+        assert!(empty
+            .current_or_first(Duration::from_secs(1))
+            .await
+            .is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[test]
