@@ -175,6 +175,14 @@ fn validate(file: &Path) -> ExitCode {
                     println!("{}: issuers/{id}: skipped {key}", file.display());
                 }
             }
+            for (kept, refused) in crate::rules::matcher::case_collisions(rules.routes.values()) {
+                println!(
+                    "{}: routes/{kept} and routes/{refused}: paths differ only in letter case; \
+                     requests spelled as routes/{refused} are refused (400), as a case-insensitive \
+                     upstream would serve them from routes/{kept}",
+                    file.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -550,6 +550,26 @@ async fn rules_validate_command_reports_every_error() {
             && stderr.contains("2 invalid entries"),
         "{stderr}"
     );
+    // Valid, but two paths differ only in letter case: a warning names both.
+    let cased = dir.path().join("cased.yaml");
+    std::fs::write(
+        &cased,
+        "routes:\n  admin-upper: {host: '*', path: /Admin, require: {public: true}}\n  admin-lower: {host: '*', path: /admin, require: {all: [admin]}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["rules", "validate"])
+        .arg(&cased)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "routes/admin-lower and routes/admin-upper: paths differ only in letter case"
+        ),
+        "{stdout}"
+    );
     let good = support::repo_path("examples/rules.yaml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["rules", "validate"])

@@ -245,6 +245,38 @@ fn consider<'a>(list: &'a [Candidate], method: &str, best: &mut Option<&'a Candi
     }
 }
 
+/// Pairs of routes (ids, the one the folded reading keeps first) whose host and path patterns
+/// differ only in letter case: to a case-insensitive upstream they are one route, and
+/// [`RouteIndex::find_case_checked`] refuses requests spelled as the second. `rules validate`
+/// warns about them.
+pub fn case_collisions<'a, I>(routes: I) -> Vec<(&'a str, &'a str)>
+where
+    I: IntoIterator<Item = &'a Arc<Route>>,
+{
+    let mut by_folded: HashMap<(String, String, bool), Vec<&Route>> = HashMap::new();
+    for route in routes {
+        let key = (
+            format!("{:?}", route.host),
+            route.path.source.to_ascii_lowercase(),
+            route.path.prefix,
+        );
+        by_folded.entry(key).or_default().push(route);
+    }
+    let mut pairs = Vec::new();
+    for group in by_folded.values_mut() {
+        group.sort_by(|a, b| b.precedence_cmp(a));
+        let first = group[0];
+        pairs.extend(
+            group[1..]
+                .iter()
+                .filter(|r| r.path.source != first.path.source)
+                .map(|r| (first.id.as_str(), r.id.as_str())),
+        );
+    }
+    pairs.sort_unstable();
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +419,14 @@ mod tests {
         ]);
         assert_eq!(checked(&index, "/Admin"), Ok(Some("a-upper")));
         assert_eq!(checked(&index, "/admin"), Err(CaseAmbiguity));
+        let routes = [
+            route("a-upper", "*", "/Admin", None),
+            route("b-lower", "*", "/admin", None),
+            route("c-other-host", "api.test", "/ADMIN", None),
+            route("d-same", "*", "/same", None),
+            route("e-same", "*", "/same", Some(&["GET"])),
+        ];
+        assert_eq!(case_collisions(&routes), vec![("a-upper", "b-lower")]);
     }
 
     #[test]
