@@ -5,10 +5,9 @@ use aws_lc_rs::digest::{Context, SHA256};
 
 /// The SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    let mut hash = Sha256::new();
+    hash.update(data);
+    hash.finish()
 }
 
 /// An incremental SHA-256 (for input that comes in parts).

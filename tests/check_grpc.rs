@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
-use support::server::{check_request, http_get_status, TestServer};
+use support::server::{check_request, grpc_health_of, http_get_status, ServingStatus, TestServer};
 use support::tokens::{self, claims, sign, token};
 use support::wait_until;
 
@@ -347,21 +347,12 @@ async fn context_extension_pins_the_rule() {
 #[tokio::test]
 async fn grpc_health_reports_serving_and_admin_readiness() {
     let s = server().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     for service in ["", "envoy.service.auth.v3.Authorization"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(r.into_inner().status, serving, "{service:?}");
+        assert_eq!(
+            grpc_health_of(s.app.grpc_addr, service).await,
+            Some(ServingStatus::Serving),
+            "{service:?}"
+        );
     }
     let (status, body) = http_get_status(s.app.admin_addr, "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));

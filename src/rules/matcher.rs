@@ -79,6 +79,15 @@ enum Keys {
     Folded,
 }
 
+impl Keys {
+    fn literal(self, literal: &str) -> Box<str> {
+        match self {
+            Keys::AsWritten => literal.into(),
+            Keys::Folded => literal.to_ascii_lowercase().into(),
+        }
+    }
+}
+
 impl RouteIndex {
     /// Compiles routes; their order does not matter.
     pub fn build<I: IntoIterator<Item = Arc<Route>>>(routes: I) -> RouteIndex {
@@ -123,13 +132,21 @@ impl RouteIndex {
         let upper_in_path = segments
             .iter()
             .any(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
-        if !upper_in_path && self.folded.is_none() {
-            return Ok(found);
-        }
-        let lowered: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-        let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
-        let folded = self.folded.as_ref().unwrap_or(&self.exact);
-        let other = folded.find(host, method, &lowered);
+        let other = match (&self.folded, upper_in_path) {
+            // Nothing to fold on either side: the folded reading is this one.
+            (None, false) => return Ok(found),
+            // Only the rules have upper case: the path as it is, against the folded rules.
+            (Some(folded), false) => folded.find(host, method, segments),
+            (folded, true) => {
+                let lowered: Vec<String> =
+                    segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+                let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
+                folded
+                    .as_ref()
+                    .unwrap_or(&self.exact)
+                    .find(host, method, &lowered)
+            }
+        };
         let same = match (found, other) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
@@ -189,13 +206,7 @@ impl PathTrie {
         let mut node = &mut self.root;
         for segment in &route.path.segments {
             node = match segment {
-                Segment::Literal(lit) => {
-                    let key: Box<str> = match keys {
-                        Keys::AsWritten => lit.as_str().into(),
-                        Keys::Folded => lit.to_ascii_lowercase().into(),
-                    };
-                    node.literal.entry(key).or_default()
-                }
+                Segment::Literal(lit) => node.literal.entry(keys.literal(lit)).or_default(),
                 Segment::Param(_) => node.param.get_or_insert_with(Box::default),
             };
         }
@@ -253,11 +264,22 @@ pub fn case_collisions<'a, I>(routes: I) -> Vec<(&'a str, &'a str)>
 where
     I: IntoIterator<Item = &'a Arc<Route>>,
 {
-    let mut by_folded: HashMap<(String, String, bool), Vec<&Route>> = HashMap::new();
+    // A route's place in a trie keyed `keys`: its literals so keyed, any parameter alike.
+    let place = |route: &Route, keys: Keys| -> Vec<Option<Box<str>>> {
+        let segments = route.path.segments.iter();
+        segments
+            .map(|s| match s {
+                Segment::Literal(lit) => Some(keys.literal(lit)),
+                Segment::Param(_) => None,
+            })
+            .collect()
+    };
+    type Place = (HostPattern, Vec<Option<Box<str>>>, bool);
+    let mut by_folded: HashMap<Place, Vec<&Route>> = HashMap::new();
     for route in routes {
         let key = (
-            format!("{:?}", route.host),
-            route.path.source.to_ascii_lowercase(),
+            route.host.clone(),
+            place(route, Keys::Folded),
             route.path.prefix,
         );
         by_folded.entry(key).or_default().push(route);
@@ -266,10 +288,11 @@ where
     for group in by_folded.values_mut() {
         group.sort_by(|a, b| b.precedence_cmp(a));
         let first = group[0];
+        let first_place = place(first, Keys::AsWritten);
         pairs.extend(
             group[1..]
                 .iter()
-                .filter(|r| r.path.source != first.path.source)
+                .filter(|r| place(r, Keys::AsWritten) != first_place)
                 .map(|r| (first.id.as_str(), r.id.as_str())),
         );
     }
@@ -425,6 +448,9 @@ mod tests {
             route("c-other-host", "api.test", "/ADMIN", None),
             route("d-same", "*", "/same", None),
             route("e-same", "*", "/same", Some(&["GET"])),
+            // Parameter names do not matter to either reading.
+            route("f-param", "*", "/p/{Id}", None),
+            route("g-param", "*", "/p/{id}", None),
         ];
         assert_eq!(case_collisions(&routes), vec![("a-upper", "b-lower")]);
     }

@@ -29,7 +29,7 @@ pub enum RouteError {
 }
 
 /// Which hosts a route applies to. Hosts are compared lower-case, without port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     /// `api.example.com`
     Exact(String),

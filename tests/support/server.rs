@@ -178,6 +178,11 @@ pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationClient<Channel>
 
 /// What the gRPC health service says for the ext_authz service (`None`: no answer).
 pub async fn grpc_health(addr: std::net::SocketAddr) -> Option<ServingStatus> {
+    grpc_health_of(addr, "envoy.service.auth.v3.Authorization").await
+}
+
+/// What the gRPC health service says for `service` (`""`: the server as a whole).
+pub async fn grpc_health_of(addr: std::net::SocketAddr, service: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect()
@@ -185,7 +190,7 @@ pub async fn grpc_health(addr: std::net::SocketAddr) -> Option<ServingStatus> {
         .ok()?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let request = tonic_health::pb::HealthCheckRequest {
-        service: "envoy.service.auth.v3.Authorization".into(),
+        service: service.into(),
     };
     let status = health.check(request).await.ok()?.into_inner().status;
     ServingStatus::try_from(status).ok()
