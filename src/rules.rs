@@ -6,6 +6,7 @@
 //! `revoked/client/<client_id>`, and the single keys `lockdown` and `settings`. Version records
 //! under `changes/` ([`CHANGES_PATH`]) are not rules: sources skip them.
 
+pub mod caseless;
 pub mod digest;
 pub mod document;
 pub mod lockdown;

@@ -309,6 +309,55 @@ async fn paths_not_in_normal_form_are_refused_also_on_a_pinned_rule() {
     assert_denied(&a, 403, "insufficient_scope", "/admin/orders/1");
 }
 
+/// .NET and Java compare decoded paths per character by Unicode case mappings, ICU folds them
+/// fully after NFKC: to them `/%E2%84%AAeys/x` (KELVIN SIGN) is `/keys/x`, which the admin-only
+/// rule covers, while as written it falls to the catch-all that lets a reader in. Refused (400)
+/// whatever the token, as are escapes that NFKC turns into path syntax; non-ASCII that picks the
+/// same rule either way is decided normally.
+#[tokio::test]
+async fn a_path_whose_unicode_case_changes_the_rule_is_refused() {
+    let rules = format!(
+        r#"
+issuers:
+{issuer}
+routes:
+  keys: {{host: api.example.com, path: /keys/**, require: {{all: [admin]}}}}
+  files: {{host: api.example.com, path: "/files/{{name}}", require: {{all: [admin]}}}}
+  rest: {{host: api.example.com, path: /**, require: {{all: [orders:read]}}}}
+"#,
+        issuer = tokens::issuer_yaml()
+    );
+    let mut s = TestServer::with_rules(&rules, &[]).await;
+    let reader = token("alice", "orders:read");
+    let admin = token("root", "admin orders:read");
+    let a = s
+        .check("GET", "api.example.com", "/keys/x", Some(&reader))
+        .await;
+    assert_denied(&a, 403, "insufficient_scope", "/keys/x is the admin rule's");
+    for path in [
+        "/%E2%84%AAeys/x",   // KELVIN SIGN: Java, .NET, ICU
+        "/%E2%84%AAEYS",     // and upper case
+        "/%EF%BC%ABeys/x",   // FULLWIDTH K (ICU: NFKC)
+        "/%EF%AC%81les/a",   // LIGATURE FI (ICU)
+        "/x/%E2%80%A5/keys", // TWO DOT LEADER is `..` to NFKC
+        "/x%EF%BC%8Fkeys",   // FULLWIDTH SOLIDUS is `/`
+    ] {
+        let a = s.check("GET", "api.example.com", path, Some(&reader)).await;
+        assert_denied(&a, 400, "invalid_request", path);
+        let a = s.check("GET", "api.example.com", path, Some(&admin)).await;
+        assert_denied(&a, 400, "invalid_request", "refused even with the scope");
+    }
+    // The catch-all's either way (`kyes` is no rule's literal), and the keys rule's either way.
+    for (path, t) in [
+        ("/caf%C3%A9/x", &reader),
+        ("/%EF%BC%AByes", &reader),
+        ("/keys/%E2%84%AA", &admin),
+    ] {
+        let a = s.check("GET", "api.example.com", path, Some(t)).await;
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+    }
+}
+
 /// A case-insensitive upstream (IIS, some ASP.NET and Spring set-ups) serves `/ADMIN/x` as
 /// `/admin/x`: a path whose letter case changes which rule applies is refused (400), whatever
 /// the token; upper case that picks the same rule either way is decided normally.

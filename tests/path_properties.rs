@@ -1,9 +1,12 @@
 //! Property tests for the path rule: for arbitrary paths built from the pieces attackers use
 //! (`""`, `.`, `..`, `;`, `;p=1`, `%2e`, ...), the rule scopegate applies is the rule every
 //! reference reading of the path (RFC 3986, merge-slashes-then-RFC 3986, Tomcat, decode-first)
-//! would apply, or scopegate refuses the request; the same against a case-insensitive upstream
-//! (IIS: RFC 3986, then ASCII letters folded, against rules folded the same way). Also: the
-//! normaliser never panics, is idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
+//! would apply, or scopegate refuses the request; the same against case-insensitive upstreams,
+//! against rules with their letters folded: IIS (RFC 3986, then ASCII letters folded), Java and
+//! .NET (everything decoded, then compared per character by simple case mappings, so the Kelvin
+//! sign is `k` and the dotless `ı` is `i`) and an ICU-style one (everything decoded, NFKC, full
+//! case folding: `ﬁ` is `fi`, the fullwidth `Ａ` is `a`, `／` is `/`). Also: the normaliser
+//! never panics, is idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,7 +23,10 @@ use scopegate::authz::request::normalise_path;
 use scopegate::authz::Request;
 use scopegate::rules::document::parse_document;
 use scopegate::store::Snapshot;
-use support::path_readings::{path_part, rfc3986, READINGS};
+use support::path_readings::{
+    merge_slashes, path_part, percent_decode, remove_dot_segments, rfc3986, READINGS,
+};
+use unicode_normalization::UnicodeNormalization;
 
 const RULES: &str = r#"
 routes:
@@ -31,6 +37,8 @@ routes:
   tenant: {host: "*", path: "/{tenant}/orders", require: {all: [tenant]}}
   one: {host: "*", path: /1/**, require: {public: true}}
   api: {host: "*", path: /API/**, require: {all: [admin]}}
+  keys: {host: "*", path: /keys/**, require: {all: [admin]}}
+  files: {host: "*", path: "/files/{name}", require: {all: [admin]}}
   root: {host: "*", path: /**, require: {public: true}}
 "#;
 
@@ -46,9 +54,57 @@ fn folded_snapshot() -> Snapshot {
     Snapshot::build(rules, 1, None)
 }
 
-/// The rule a case-insensitive upstream applies to `raw`.
-fn case_insensitive_rule(folded: &Snapshot, raw: &str) -> Option<String> {
-    rule_for_segments(folded, &rfc3986(raw).to_ascii_lowercase())
+/// The rule a case-insensitive upstream applies to `raw`, by name.
+fn case_insensitive_rules(folded: &Snapshot, raw: &str) -> [(&'static str, Option<String>); 3] {
+    [
+        ("IIS", rule_for_segments(folded, &iis(raw))),
+        ("Java/.NET", rule_for_segments(folded, &per_character(raw))),
+        ("ICU", rule_for_segments(folded, &nfkc_folded(raw))),
+    ]
+}
+
+/// IIS: RFC 3986, then ASCII letters folded.
+fn iis(raw: &str) -> String {
+    rfc3986(raw).to_ascii_lowercase()
+}
+
+/// Everything decoded, dot segments resolved and slashes merged.
+fn decoded(raw: &str) -> String {
+    remove_dot_segments(&merge_slashes(&percent_decode(path_part(raw), |_| true)))
+}
+
+/// Java's `equalsIgnoreCase` and .NET's per-character comparisons: two characters are equal
+/// when their simple upper-case mappings are, or the lower-case mappings of those; each
+/// character is keyed by that (lower of upper) against rules in lower case.
+fn per_character(raw: &str) -> String {
+    // A simple mapping is one character; where Rust's (full) mapping has more, the simple one
+    // is the character itself (upper: `ß`, `ﬁ`) or the first character (lower: only `İ`, `i`).
+    fn simple_upper(c: char) -> char {
+        let mut up = c.to_uppercase();
+        match (up.next(), up.next()) {
+            (Some(u), None) => u,
+            _ => c,
+        }
+    }
+    fn simple_lower(c: char) -> char {
+        c.to_lowercase().next().unwrap_or(c)
+    }
+    decoded(raw)
+        .chars()
+        .map(|c| simple_lower(simple_upper(c)))
+        .collect()
+}
+
+/// ICU-style: NFKC, full case folding (lower of upper, full mappings), NFKC again; dot segments
+/// and slashes that normalisation produced are resolved as the upstream resolves them.
+fn nfkc_folded(raw: &str) -> String {
+    let text = percent_decode(path_part(raw), |_| true);
+    let folded: String = text
+        .nfkc()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect();
+    remove_dot_segments(&merge_slashes(&folded.nfkc().collect::<String>()))
 }
 
 /// The rule a path selects when matched segment by segment as it stands.
@@ -74,8 +130,45 @@ fn scopegate_rule(snapshot: &Snapshot, raw: &str) -> Option<Option<String>> {
 
 fn piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "", ".", "..", ";", ";p=1", "%2e", "%2E%2e", "%2e.", "..;", ".;", "admin", "orders", "1",
-        "%3B", "%2F", "%25", "%61dmin", "%20", "ADMIN", "Admin", "API", "api", "Orders", "X",
+        "",
+        ".",
+        "..",
+        ";",
+        ";p=1",
+        "%2e",
+        "%2E%2e",
+        "%2e.",
+        "..;",
+        ".;",
+        "admin",
+        "orders",
+        "1",
+        "%3B",
+        "%2F",
+        "%25",
+        "%61dmin",
+        "%20",
+        "ADMIN",
+        "Admin",
+        "API",
+        "api",
+        "Orders",
+        "X",
+        // Unicode that case-insensitive upstreams fold to ASCII letters or NFKC to path syntax.
+        "keys",
+        "files",
+        "%E2%84%AAeys",
+        "adm%C4%B1n",
+        "AP%C4%B0",
+        "order%C5%BF",
+        "%EF%BC%A1dmin",
+        "%EF%AC%81les",
+        "%C3%A9",
+        "%C3%9F",
+        "%E2%80%A5",
+        "%EF%BC%8F",
+        "%EF%BC%8E",
+        "%E2%80%A4",
     ])
 }
 
@@ -110,8 +203,9 @@ proptest! {
         let snapshot = snapshot();
         let folded = folded_snapshot();
         if let Some(chosen) = scopegate_rule(&snapshot, &raw) {
-            let theirs = case_insensitive_rule(&folded, &raw);
-            prop_assert_eq!(&chosen, &theirs, "a case-insensitive upstream reads {:?}", raw);
+            for (name, theirs) in case_insensitive_rules(&folded, &raw) {
+                prop_assert_eq!(&chosen, &theirs, "{} (case-insensitive) reads {:?}", name, raw);
+            }
             for (name, read) in READINGS {
                 let served = read(&raw);
                 let theirs = rule_for_segments(&snapshot, &served);
@@ -171,11 +265,18 @@ fn plain_paths_are_accepted_and_agree() {
         "/admin/X",
         "/API/x",
         "/orders/X",
+        // Non-ASCII that picks the same rule under every reading.
+        "/files/caf%C3%A9",
+        "/caf%C3%A9/orders",
+        "/keys/%E2%84%AA",
+        "/x/a%E2%80%A4b",
     ];
     let folded = folded_snapshot();
     for raw in plain {
         let chosen = scopegate_rule(&snapshot, raw).unwrap_or_else(|| panic!("{raw} refused"));
-        assert_eq!(chosen, case_insensitive_rule(&folded, raw), "folded {raw}");
+        for (name, theirs) in case_insensitive_rules(&folded, raw) {
+            assert_eq!(chosen, theirs, "{name} (case-insensitive) {raw}");
+        }
         for (name, read) in READINGS {
             assert_eq!(
                 chosen,
@@ -203,6 +304,15 @@ fn reported_examples_are_refused() {
         "/api/x",
         "/Orders/admin",
         "/1/Orders",
+        // Unicode: Java/.NET serve these from /keys/, /admin/, /orders/; ICU from /files/.
+        "/%E2%84%AAeys/x",
+        "/adm%C4%B1n/x",
+        "/1/order%C5%BF",
+        "/%EF%BC%A1dmin",
+        "/%EF%AC%81les/x",
+        // NFKC: `／` is `/`, `‥` is `..`.
+        "/1%EF%BC%8F..%EF%BC%8Fadmin",
+        "/1/%E2%80%A5/admin",
     ] {
         assert_eq!(scopegate_rule(&snapshot, raw), None, "{raw} accepted");
     }

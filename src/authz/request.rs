@@ -20,7 +20,10 @@
 //! - a segment parameter: `;` raw or encoded (`%3B`), anywhere,
 //! - an encoded `/`, `\`, `%` (double encoding), NUL or control character; a raw `\`, control
 //!   character, non-ASCII byte or any other character that RFC 3986 does not allow in a path;
-//!   percent-encoded bytes that are not valid UTF-8 (overlong forms such as `%C0%AE`).
+//!   percent-encoded bytes that are not valid UTF-8 (overlong forms such as `%C0%AE`),
+//! - an escaped character that Unicode compatibility normalisation (NFKC) turns into path syntax:
+//!   `%EF%BC%8F` (FULLWIDTH SOLIDUS, `/`), `%E2%80%A5` (TWO DOT LEADER, `..`), ... (see
+//!   `rules::caseless`; an upstream that normalises decoded paths would see other segments).
 //!
 //! A normalising Envoy (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action:
 //! REJECT_REQUEST`, as in `examples/envoy/envoy.yaml`) resolves dot segments (also `%2e`),
@@ -36,6 +39,7 @@
 
 use std::fmt::Write;
 
+use crate::rules::caseless;
 use crate::rules::route::is_plain_segment_byte;
 use crate::token::binding::Scheme;
 
@@ -62,6 +66,8 @@ pub enum RequestError {
     DoubleEncoding,
     #[error("path contains a character that is not allowed in a URI path")]
     ForbiddenCharacter,
+    #[error("path has an escaped character that Unicode normalisation reads as path syntax")]
+    DisguisedDelimiter,
     #[error("path is too long")]
     PathTooLong,
     /// The path picks one rule as written and another with its letters folded, as an upstream
@@ -181,7 +187,9 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     let mut out = String::with_capacity(body.len().max(1));
     for segment in body.split('/').skip(1) {
         out.push('/');
+        let start = out.len();
         push_segment(segment, &mut out)?;
+        check_caseless_reading(&out[start..])?;
     }
     if out.is_empty() {
         out.push('/');
@@ -227,6 +235,15 @@ fn push_segment(segment: &str, out: &mut String) -> Result<(), RequestError> {
         i += 1;
     }
     check_escaped_run(&mut escaped_run)
+}
+
+/// Refuses a normal-form segment with an escaped character that an upstream normalising decoded
+/// paths (NFKC) reads as `/`, `..`, `;`, ... ([`caseless::read`]).
+fn check_caseless_reading(segment: &str) -> Result<(), RequestError> {
+    if caseless::has_escaped_non_ascii(segment) && caseless::read(segment).is_err() {
+        return Err(RequestError::DisguisedDelimiter);
+    }
+    Ok(())
 }
 
 fn check_escaped_byte(decoded: u8) -> Result<(), RequestError> {
@@ -444,6 +461,30 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(normalise_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    /// An upstream that decodes and NFKC-normalises the path would see `/`, `..` or `;` here.
+    #[test]
+    fn escapes_that_normalise_to_path_syntax_are_refused() {
+        for raw in [
+            "/public%EF%BC%8F..%EF%BC%8Fadmin",
+            "/public/%E2%80%A5/admin",
+            "/public/%EF%BC%8E%EF%BC%8E/admin",
+            "/public/.%E2%80%A4/admin",
+            "/orders%EF%BC%9Bx=1",
+            "/a%EF%BC%BCb",
+            "/a%C2%85",
+        ] {
+            assert_eq!(
+                normalise_path(raw),
+                Err(RequestError::DisguisedDelimiter),
+                "{raw}"
+            );
+        }
+        // Non-ASCII text that stays text, or folds to letters, is a normal path.
+        for raw in ["/caf%C3%A9", "/%E2%84%AAeys", "/a%E2%80%A4b"] {
+            assert_eq!(normalise_path(raw).as_deref(), Ok(raw), "{raw}");
         }
     }
 

@@ -7,16 +7,18 @@
 //! lowest id. A bucket with no match falls through to the next less specific host bucket.
 //!
 //! Case: paths match case-sensitively (RFC 3986), but some upstreams route case-insensitively
-//! (IIS, some ASP.NET and Spring set-ups) and serve `/ADMIN/x` as `/admin/x`.
-//! [`RouteIndex::find_case_checked`] also reads the path with ASCII letters folded, against the
-//! rules folded the same way, and reports [`CaseAmbiguity`] when the two readings pick different
-//! rules, so such a request is refused instead of being decided by a rule the upstream will not
-//! apply.
+//! (IIS, some ASP.NET and Spring set-ups) and serve `/ADMIN/x` as `/admin/x`, some after
+//! decoding and folding Unicode too (`/%E2%84%AAeys`, KELVIN SIGN, as `/keys`).
+//! [`RouteIndex::find_case_checked`] also matches the path's caseless reading
+//! ([`caseless::read`]) against the rules with their letters folded, and reports
+//! [`CaseAmbiguity`] when the two readings pick different rules, so such a request is refused
+//! instead of being decided by a rule the upstream will not apply.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::caseless;
 use super::route::{HostPattern, Route, Segment};
 
 /// Routes compiled for lookup. Cheap to query, rebuilt whole on every snapshot.
@@ -119,9 +121,10 @@ impl RouteIndex {
         self.exact.find(host, method, segments)
     }
 
-    /// [`find`](Self::find), provided that the path read with ASCII letters folded to lower
-    /// case, against the rules folded the same way, picks the same route (or none either way).
-    /// Costs a second lookup only when the path or a rule has an upper-case letter.
+    /// [`find`](Self::find), provided that the path's caseless reading ([`caseless::read`]),
+    /// against the rules with their letters folded, picks the same route (or none either way).
+    /// Costs a second lookup only when a rule has an upper-case letter or the path has one or an
+    /// escaped non-ASCII character.
     pub fn find_case_checked(
         &self,
         host: &str,
@@ -129,22 +132,25 @@ impl RouteIndex {
         segments: &[&str],
     ) -> Result<Option<&Arc<Route>>, CaseAmbiguity> {
         let found = self.find(host, method, segments);
-        let upper_in_path = segments
-            .iter()
-            .any(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
-        let other = match (&self.folded, upper_in_path) {
-            // Nothing to fold on either side: the folded reading is this one.
+        let path_may_differ = segments.iter().any(|s| caseless::may_differ(s));
+        let other = match (&self.folded, path_may_differ) {
+            // Nothing to fold on either side: the caseless reading is this one.
             (None, false) => return Ok(found),
             // Only the rules have upper case: the path as it is, against the folded rules.
             (Some(folded), false) => folded.find(host, method, segments),
             (folded, true) => {
-                let lowered: Vec<String> =
-                    segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-                let lowered: Vec<&str> = lowered.iter().map(String::as_str).collect();
+                // A segment the normaliser let through always has a reading; one that had none
+                // could not be matched as the upstream matches it.
+                let read = segments
+                    .iter()
+                    .map(|s| caseless::read(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| CaseAmbiguity)?;
+                let read: Vec<&str> = read.iter().map(|s| &**s).collect();
                 folded
                     .as_ref()
                     .unwrap_or(&self.exact)
-                    .find(host, method, &lowered)
+                    .find(host, method, &read)
             }
         };
         let same = match (found, other) {
@@ -429,6 +435,32 @@ mod tests {
         assert_eq!(checked(&index, "/other"), Ok(Some("root")));
         // The method filter applies to both readings.
         assert_eq!(checked(&index, "/only/1"), Ok(Some("root")));
+    }
+
+    #[test]
+    fn escaped_characters_that_fold_to_ascii_letters_are_read_as_those_letters() {
+        let index = RouteIndex::build([
+            route("keys", "*", "/keys/**", None),
+            route("admin", "*", "/admin/**", None),
+            route("files", "*", "/files/{name}", None),
+            route("root", "*", "/**", None),
+        ]);
+        assert!(index.folded.is_none(), "no upper-case literal: one index");
+        // As written these are the root rule; .NET, Java or ICU reads them as /keys, /admin,
+        // /files: refused.
+        for path in [
+            "/%E2%84%AAeys/x",  // KELVIN SIGN
+            "/adm%C4%B1n",      // DOTLESS I
+            "/%EF%BC%A1dmin/x", // FULLWIDTH A
+            "/%EF%AC%81les/a",  // LIGATURE FI
+            "/%E2%84%AAEYS",
+        ] {
+            assert_eq!(checked(&index, path), Err(CaseAmbiguity), "{path}");
+        }
+        // Non-ASCII that picks the same rule either way is decided as written.
+        assert_eq!(checked(&index, "/files/caf%C3%A9"), Ok(Some("files")));
+        assert_eq!(checked(&index, "/keys/%E2%84%AA"), Ok(Some("keys")));
+        assert_eq!(checked(&index, "/caf%C3%A9/x"), Ok(Some("root")));
     }
 
     #[test]
