@@ -322,6 +322,26 @@ pub struct EtcdArgs {
     pub etcd_timeout: HumanDuration,
 }
 
+/// A rules file is confirmed current each time it is re-read (every `poll`): with a staleness
+/// bound, the health bound ([`crate::store::health_bound`], two thirds of it) must leave room for
+/// two re-reads, or the replica would leave rotation between re-reads of an unchanged file.
+fn check_file_staleness(
+    poll: Duration,
+    max_staleness: Option<Duration>,
+) -> Result<(), ConfigError> {
+    match max_staleness {
+        Some(max) if crate::store::health_bound(max) < poll * 2 => {
+            Err(ConfigError::Invalid(format!(
+                "--max-staleness {} is too short for --rules-poll-interval {}: a rules file is \
+             confirmed current only when it is re-read, so give at least three poll intervals",
+                humantime::format_duration(max),
+                humantime::format_duration(poll),
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl ServeArgs {
     /// The validated configuration these flags describe (files named by them are read here).
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -331,9 +351,11 @@ impl ServeArgs {
                     "no rule source: give --rules FILE or --etcd-endpoints URL".into(),
                 )
             })?;
+            let poll_interval: Duration = self.rules_poll_interval.into();
+            check_file_staleness(poll_interval, self.max_staleness.map(Duration::from))?;
             SourceConfig::File {
                 path,
-                poll_interval: self.rules_poll_interval.into(),
+                poll_interval,
             }
         } else {
             SourceConfig::Etcd(self.etcd.into_input().into_settings()?)
@@ -438,6 +460,23 @@ mod tests {
             config.response.subject_header,
             config::DEFAULT_SUBJECT_HEADER
         );
+    }
+
+    #[test]
+    fn a_staleness_bound_shorter_than_three_file_re_reads_is_refused() {
+        let err = serve(&["--rules", "r.yaml", "--max-staleness", "5s"]).unwrap_err();
+        assert!(err.contains("--max-staleness 5s is too short"), "{err}");
+        assert!(serve(&["--rules", "r.yaml", "--max-staleness", "6s"]).is_ok());
+        let fast = ["--rules-poll-interval", "200ms", "--max-staleness", "1s"];
+        assert!(serve(&[&["--rules", "r.yaml"], &fast[..]].concat()).is_ok());
+        // etcd confirms on its own schedule (progress notifications): not this check's business.
+        let etcd = [
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--max-staleness",
+            "1s",
+        ];
+        assert!(serve(&etcd).is_ok());
     }
 
     #[test]

@@ -425,6 +425,45 @@ async fn shutdown_drains_a_check_in_flight() {
         .unwrap();
 }
 
+/// Changes are seen through notifications, and only changes: reading the file on reload raises
+/// access events of its own, which once made scopegate re-read an unchanged file 20 times a
+/// second for ever. With the fallback poll an hour away, the snapshot must go unconfirmed (its
+/// age grows) while nothing changes, and a write must still be applied at once.
+#[tokio::test]
+async fn an_unchanged_rules_file_is_not_re_read_and_a_change_is_seen_at_once() {
+    let s = TestServer::with_rules_polled(&rules(""), "1h", &[]).await;
+    let store = s.app.store.clone();
+    wait_until(
+        "the snapshot is left unconfirmed for 1 s (no re-reads)",
+        Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            async move { store.age().is_some_and(|age| age >= Duration::from_secs(1)) }
+        },
+    )
+    .await;
+    let with_new =
+        rules("  new: {host: api.example.com, path: /new, require: {all: [orders:read]}}");
+    std::fs::write(&s.rules_path, &with_new).unwrap();
+    wait_until(
+        "the change is applied through the notification",
+        Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            async move { store.current().is_some_and(|snap| snap.revision == 2) }
+        },
+    )
+    .await;
+    assert!(s
+        .app
+        .store
+        .current()
+        .unwrap()
+        .rules
+        .routes
+        .contains_key("new"));
+}
+
 #[tokio::test]
 async fn hot_reload_flips_decisions_and_rejects_broken_files() {
     let mut s = server().await;

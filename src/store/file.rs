@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::publish::Publisher;
@@ -129,7 +129,11 @@ impl FileSource {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Reads are not changes: reading the file on reload itself raises open, access
+            // and close-without-write events, and reacting to them re-read the file every
+            // SETTLE for ever (20 reads a second while nothing changed).
+            let change = event.is_ok_and(|e| !matches!(e.kind, EventKind::Access(_)));
+            if change {
                 // Full channel: a reload is already pending, which will see this change.
                 let _ = tx.try_send(());
             }

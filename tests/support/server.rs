@@ -119,13 +119,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Writes `rules_yaml` to a temp file and serves it.
+    /// Writes `rules_yaml` to a temp file and serves it (re-read every 200 ms as well).
     pub async fn with_rules(rules_yaml: &str, extra: &[&str]) -> TestServer {
+        TestServer::with_rules_polled(rules_yaml, "200ms", extra).await
+    }
+
+    /// [`with_rules`](Self::with_rules) with the fallback re-read every `poll`.
+    pub async fn with_rules_polled(rules_yaml: &str, poll: &str, extra: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("rules.yaml");
         std::fs::write(&rules_path, rules_yaml).unwrap();
         let path = rules_path.to_str().unwrap().to_string();
-        let mut flags = vec!["--rules", path.as_str(), "--rules-poll-interval", "200ms"];
+        let mut flags = vec!["--rules", path.as_str(), "--rules-poll-interval", poll];
         flags.extend_from_slice(extra);
         let app = app::start(&serve_args(&flags))
             .await
