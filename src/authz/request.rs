@@ -166,11 +166,7 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-use crate::rules::route::is_unreserved;
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
+use crate::rules::route::{hex_digit, is_unreserved};
 
 /// Checks a request path and returns its normal form (see the module docs for what is refused
 /// and why). Query and fragment are dropped.
@@ -212,8 +208,8 @@ fn push_segment(segment: &str, out: &mut String) -> Result<(), RequestError> {
         let b = bytes[i];
         if b == b'%' {
             let decoded = match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
+                bytes.get(i + 1).and_then(|b| hex_digit(*b)),
+                bytes.get(i + 2).and_then(|b| hex_digit(*b)),
             ) {
                 (Some(hi), Some(lo)) => hi << 4 | lo,
                 _ => return Err(RequestError::BadEscape),

@@ -24,6 +24,8 @@ use std::borrow::Cow;
 use icu_normalizer::ComposingNormalizerBorrowed;
 use unicase::UniCase;
 
+use super::route::hex_digit;
+
 /// An escaped character that a normalising upstream reads as path syntax.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -89,19 +91,15 @@ pub fn read(segment: &str) -> Result<Cow<'_, str>, DisguisedDelimiter> {
             }
             continue;
         }
-        let end = if bytes[i] == b'%' {
-            (i + 3).min(bytes.len())
+        if bytes[i] == b'%' {
+            // Escaped ASCII stays escaped (its hex digits are not letters to fold).
+            let end = (i + 3).min(bytes.len());
+            out.push_str(&segment[i..end]);
+            i = end;
         } else {
-            i + 1
-        };
-        // Escaped ASCII stays escaped (its hex digits are not letters to fold).
-        let piece = &segment[i..end];
-        if end - i == 1 {
             out.push(char::from(bytes[i].to_ascii_lowercase()));
-        } else {
-            out.push_str(piece);
+            i += 1;
         }
-        i = end;
     }
     if out == "." || out == ".." {
         return Err(DisguisedDelimiter);
@@ -132,7 +130,7 @@ fn escapes_non_ascii(bytes: &[u8], at: usize) -> bool {
 }
 
 fn escaped_byte(bytes: &[u8], at: usize) -> u8 {
-    let digit = |b: u8| (b as char).to_digit(16).map_or(0, |d| d as u8);
+    let digit = |b: u8| hex_digit(b).unwrap_or(0);
     digit(bytes[at + 1]) << 4 | digit(bytes[at + 2])
 }
 

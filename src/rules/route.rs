@@ -165,6 +165,11 @@ fn parse_segment(raw: &str, part: &str) -> Result<Segment, RouteError> {
     Ok(Segment::Literal(part.to_string()))
 }
 
+/// The value of one hexadecimal digit of a percent-escape.
+pub fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
 /// RFC 3986 unreserved characters (never percent-encoded in a normal-form path).
 pub fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
