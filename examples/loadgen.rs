@@ -425,6 +425,8 @@ struct Stats {
     /// Open loop: how late each request started against its schedule.
     lag: Histogram,
     by_kind: [u64; 4],
+    /// Latency of the answered requests of each kind (a fresh token's signature check shows).
+    latency_by_kind: [Histogram; 4],
     unexpected: u64,
     errors: u64,
     dropped: u64,
@@ -437,6 +439,7 @@ impl Stats {
             latency: Histogram::new(),
             lag: Histogram::new(),
             by_kind: [0; 4],
+            latency_by_kind: std::array::from_fn(|_| Histogram::new()),
             unexpected: 0,
             errors: 0,
             dropped: 0,
@@ -449,6 +452,9 @@ impl Stats {
         self.lag.merge(&other.lag);
         for (a, b) in self.by_kind.iter_mut().zip(other.by_kind) {
             *a += b;
+        }
+        for (a, b) in self.latency_by_kind.iter_mut().zip(&other.latency_by_kind) {
+            a.merge(b);
         }
         self.unexpected += other.unexpected;
         self.errors += other.errors;
@@ -484,7 +490,9 @@ fn account(stats: &mut Stats, kind: Kind, result: Result<u16, String>, latency: 
     match result {
         Ok(status) => {
             stats.latency.record(latency);
-            stats.by_kind[KINDS.iter().position(|k| *k == kind).unwrap_or(0)] += 1;
+            let index = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+            stats.by_kind[index] += 1;
+            stats.latency_by_kind[index].record(latency);
             if status != kind.expected_status() && !ANY_ANSWER.load(Ordering::Relaxed) {
                 stats.unexpected += 1;
                 if stats.first_unexpected.is_none() {
@@ -894,11 +902,13 @@ fn report(args: &Args, stats: &Stats, elapsed: Duration, mix: &Mix) {
             stats.lag.quantile_us(0.99)
         );
     }
-    for (kind, count) in KINDS.iter().zip(stats.by_kind) {
+    for ((kind, count), latency) in KINDS.iter().zip(stats.by_kind).zip(&stats.latency_by_kind) {
         println!(
-            "  {:<34} {count:>9} ({:.2}%)",
+            "  {:<34} {count:>9} ({:.2}%)   p50 {:.1} µs   p99 {:.1} µs",
             kind.label(),
-            100.0 * count as f64 / done.max(1) as f64
+            100.0 * count as f64 / done.max(1) as f64,
+            latency.quantile_us(0.5),
+            latency.quantile_us(0.99),
         );
     }
     println!(
