@@ -23,6 +23,9 @@ use support::tokens;
 use support::wait_until;
 
 const HOST: &str = "api.example.com";
+/// A host where everything is public but `/admin/**` (see
+/// `behind_a_public_catch_all_no_hostile_path_reaches_an_admin_path`).
+const OPEN_HOST: &str = "open.example.com";
 const IDENTITY_HEADERS: [&str; 3] = [
     "x-scopegate-subject",
     "x-scopegate-client-id",
@@ -71,6 +74,19 @@ fn initial_rules() -> Vec<(String, String)> {
                 "/orders/{id}",
                 &["GET", "HEAD"],
                 json!({"all": ["orders:read"]}),
+            ),
+        ),
+        (
+            "routes/open-all".into(),
+            route(OPEN_HOST, "/**", &["GET", "HEAD"], json!({"public": true})),
+        ),
+        (
+            "routes/open-admin".into(),
+            route(
+                OPEN_HOST,
+                "/admin/**",
+                &["GET", "HEAD", "POST"],
+                json!({"all": ["admin"]}),
             ),
         ),
         (
@@ -530,7 +546,7 @@ const PREFIXES: [&str; 9] = [
 ];
 
 /// What comes after the climb (all of them name something under /admin for some reader).
-const TAILS: [&str; 9] = [
+const TAILS: [&str; 12] = [
     "admin/x",
     "admin",
     "admin/",
@@ -540,6 +556,11 @@ const TAILS: [&str; 9] = [
     "admin;x=1/x",
     "ADMIN/x",
     "admin/x/.",
+    // Unicode that case-insensitive upstreams read as `admin`: dotless ı (Java, .NET), fullwidth
+    // ａ (NFKC), and a dotted capital İ (lower-cased `i` by .NET and Java, `i̇` by full folding).
+    "adm%C4%B1n/x",
+    "%EF%BD%81dmin/x",
+    "ADM%C4%B0N/x",
 ];
 
 /// Authorities for absolute-form request targets (`GET http://host/path HTTP/1.1`).
@@ -589,6 +610,17 @@ const SPECIAL: &[&str] = &[
     "/%61dmin/x",
     "/admin%2fx",
     "/admin/x/..",
+    "/adm%C4%B1n/x",
+    "/adm%C4%B0n/x",
+    "/%EF%BD%81dmin/x",
+    "/%EF%BC%A1DMIN/x",
+    "/adm%E2%85%B0n/x",
+    "/admin%EF%BC%8Fx",
+    "/%EF%BC%8Fadmin/x",
+    "/static/../adm%C4%B1n/x",
+    "/public/../%EF%BD%81dmin/x",
+    "/public/%EF%BC%8E%EF%BC%8E/admin/x",
+    "/public/%E2%80%A5/admin/x",
     "/legacy/orders/../../admin/x",
     "/legacy/orders/;/../admin",
     "/legacy/orders/;/../../../admin/x",
@@ -810,27 +842,11 @@ async fn hostile_paths_never_reach_the_upstream_at_an_admin_path() {
         .enumerate()
         .map(|(id, (token, probe))| (id, probe, token))
         .collect();
-    let limit = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (id, probe, token) in &probes {
-        let (id, target, auth) = (*id, probe.target.clone(), token.map(str::to_string));
-        let (addr, limit) = (stack.envoy.addr, limit.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await.unwrap();
-            let probe_id = id.to_string();
-            let mut headers = vec![("Host", HOST), ("x-probe-id", probe_id.as_str())];
-            if let Some(auth) = auth.as_deref() {
-                headers.push(("Authorization", auth));
-            }
-            let r = try_request(addr, "GET", &target, &headers, Duration::from_secs(10)).await;
-            (id, r)
-        });
-    }
-    let mut responses: HashMap<usize, std::io::Result<HttpResponse>> = HashMap::new();
-    while let Some(done) = tasks.join_next().await {
-        let (id, r) = done.expect("probe task");
-        responses.insert(id, r);
-    }
+    let sent: Vec<(usize, String, Option<String>)> = probes
+        .iter()
+        .map(|(id, probe, token)| (*id, probe.target.clone(), token.map(str::to_string)))
+        .collect();
+    let responses = send_probes(&stack, HOST, sent).await;
 
     // What reached the upstream, by probe id (the controls carry none).
     let received = stack.upstream.received().await;
@@ -983,6 +999,119 @@ async fn hostile_paths_never_reach_the_upstream_at_an_admin_path() {
     );
 }
 
+/// Sends each `(probe id, request target, Authorization)` to Envoy over raw TCP (the target
+/// byte for byte: nothing normalises it on the way to Envoy), 16 at a time, with the probe id in
+/// `x-probe-id` for the upstream's log.
+async fn send_probes(
+    stack: &Stack,
+    host: &'static str,
+    probes: Vec<(usize, String, Option<String>)>,
+) -> HashMap<usize, std::io::Result<HttpResponse>> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, target, auth) in probes {
+        let (addr, limit) = (stack.envoy.addr, limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            let probe_id = id.to_string();
+            let mut headers = vec![("Host", host), ("x-probe-id", probe_id.as_str())];
+            if let Some(auth) = auth.as_deref() {
+                headers.push(("Authorization", auth));
+            }
+            let r = try_request(addr, "GET", &target, &headers, Duration::from_secs(10)).await;
+            (id, r)
+        });
+    }
+    let mut responses = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, r) = done.expect("probe task");
+        responses.insert(id, r);
+    }
+    responses
+}
+
+/// On a host where every path but `/admin/**` is public, every hostile path that scopegate
+/// reads as outside `/admin/` is allowed and forwarded. So any difference between scopegate's
+/// reading and some upstream's shows here as a request that reached the upstream at an admin
+/// path. (On the API host such a path falls to no rule and is denied anyway, which would hide
+/// the difference.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_public_catch_all_no_hostile_path_reaches_an_admin_path() {
+    let stack = Stack::start().await;
+    // The controls: the catch-all lets paths through (Unicode ones too), /admin/ is protected,
+    // and the spellings that only a case-insensitive upstream reads as /admin are refused.
+    let controls: &[(&str, u16, Option<&str>)] = &[
+        ("/anything/at/all", 200, Some("/anything/at/all")),
+        ("/files/caf%C3%A9", 200, Some("/files/caf%C3%A9")),
+        ("/static/../docs", 200, Some("/docs")),
+        ("/admin/x", 401, None),
+        ("/ADMIN/x", 400, None),
+        ("/adm%C4%B1n/x", 400, None),
+        ("/%EF%BD%81dmin/x", 400, None),
+    ];
+    for &(target, status, upstream_path) in controls {
+        let r = stack
+            .envoy
+            .request("GET", target, &[("Host", OPEN_HOST)])
+            .await;
+        assert_eq!(r.status, status, "GET {target}: {r:?}");
+        assert_eq!(
+            r.echoed().map(|e| e.path),
+            upstream_path.map(str::to_string),
+            "GET {target}: {r:?}"
+        );
+    }
+    let before = stack.upstream.requests();
+
+    // The corpus's origin-form targets (absolute forms name the API host), without a token.
+    let targets: Vec<String> = hostile_corpus()
+        .into_iter()
+        .map(|probe| probe.target)
+        .filter(|target| target.starts_with('/'))
+        .collect();
+    let probes = targets
+        .iter()
+        .enumerate()
+        .map(|(id, target)| (id, target.clone(), None))
+        .collect();
+    let responses = send_probes(&stack, OPEN_HOST, probes).await;
+    assert_eq!(responses.len(), targets.len());
+
+    let received = stack.upstream.received().await;
+    let mut findings = Vec::new();
+    for request in &received[before..] {
+        let id: Option<usize> = request
+            .all("x-probe-id")
+            .first()
+            .and_then(|id| id.parse().ok());
+        let under_admin = readings_under(&request.path, "/admin");
+        if !under_admin.is_empty() {
+            let sent = id.map_or("?", |id| targets[id].as_str());
+            findings.push(format!(
+                "sent {sent:?}, upstream got {:?}, read as {under_admin:?}",
+                request.path
+            ));
+        }
+    }
+    let reached = received.len() - before;
+    println!(
+        "{} hostile targets to {OPEN_HOST}; {reached} reached the upstream",
+        targets.len()
+    );
+    assert!(
+        findings.is_empty(),
+        "{} request(s) reached the upstream at a path some upstream reads as /admin:\n{}",
+        findings.len(),
+        findings.join("\n")
+    );
+    // Not refused wholesale: the catch-all forwards what every reader agrees is outside /admin.
+    assert!(
+        reached >= targets.len() / 10,
+        "only {reached} of {} probes reached the upstream",
+        targets.len()
+    );
+}
+
 #[test]
 fn path_readings_resolve_as_their_servers_would() {
     use path_readings::{
@@ -1027,6 +1156,16 @@ fn path_readings_resolve_as_their_servers_would() {
     assert!(is_under("/admin;x=1/y", "/admin"));
     assert!(!is_under("/administrator", "/admin"));
     assert!(!is_under("/static/admin", "/admin"));
+    // Case-insensitive upstreams beyond ASCII (Java, .NET, NFKC).
+    assert!(is_under("/adm\u{131}n/x", "/admin"));
+    assert!(is_under("/ADM\u{130}N", "/admin"));
+    assert!(is_under("/\u{ff41}dmin/x", "/admin"));
+    assert!(is_under("/adm\u{2170}n", "/admin"));
+    assert!(!is_under("/files/caf\u{e9}", "/admin"));
+    assert!(
+        !is_under("/adm%C4%B1n", "/admin"),
+        "escapes are the readings' business"
+    );
     assert!(path_readings::is_unambiguous("/static/app.js?v=1"));
     assert!(!path_readings::is_unambiguous("/static/a;v=1"));
     assert!(!path_readings::is_unambiguous("/static/%61"));

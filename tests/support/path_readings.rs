@@ -154,14 +154,30 @@ pub fn decode_first(target: &str) -> String {
     remove_dot_segments(&merge_slashes(&strip_path_params(&decoded)))
 }
 
-/// Whether `path` is `prefix` or below it (ASCII case-insensitive, so that a case-insensitive
-/// upstream is covered too; a trailing `;params` on the last prefix segment counts as below).
+/// Whether `path` is `prefix` or below it, compared case-insensitively the way the most
+/// generous case-insensitive upstream would (see [`generous_fold`]), so that IIS, Java and .NET
+/// servers are covered too; a trailing `;params` on the last prefix segment counts as below.
 pub fn is_under(path: &str, prefix: &str) -> bool {
-    let (path, prefix) = (path.to_ascii_lowercase(), prefix.to_ascii_lowercase());
+    let (path, prefix) = (generous_fold(path), generous_fold(prefix));
     match path.strip_prefix(&prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with(['/', ';']),
         None => false,
     }
+}
+
+/// `text` as a case-insensitive upstream may compare it, taking every folding some server does:
+/// NFKC (fullwidth `ａ`, `ⅰ`, `／` become `a`, `i`, `/`), then each character upper-cased and
+/// lower-cased in turn (Java's `equalsIgnoreCase`, .NET's invariant comparisons: dotless `ı` and
+/// `ſ` become `i` and `s`, KELVIN SIGN `k`), and the dot of `İ` dropped. Percent-escapes are left
+/// as they are: decoding is the readings' business.
+pub fn generous_fold(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = text
+        .nfkc()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect();
+    folded.replace("i\u{307}", "i")
 }
 
 /// The readings of `target` that land under `prefix`, by name.
