@@ -341,6 +341,9 @@ routes:
         "/%EF%AC%81les/a",   // LIGATURE FI (ICU)
         "/x/%E2%80%A5/keys", // TWO DOT LEADER is `..` to NFKC
         "/x%EF%BC%8Fkeys",   // FULLWIDTH SOLIDUS is `/`
+        "/ke%C2%ADys/x",     // SOFT HYPHEN: ignored by culture-aware comparisons (.NET, ICU)
+        "/%E2%80%8Bkeys",    // ZERO WIDTH SPACE
+        "/x/%C2%AD/keys",    // a segment of ignorables only is `//`
     ] {
         let a = s.check("GET", "api.example.com", path, Some(&reader)).await;
         assert_denied(&a, 400, "invalid_request", path);
@@ -352,6 +355,7 @@ routes:
         ("/caf%C3%A9/x", &reader),
         ("/%EF%BC%AByes", &reader),
         ("/keys/%E2%84%AA", &admin),
+        ("/kyes%C2%AD", &reader),
     ] {
         let a = s.check("GET", "api.example.com", path, Some(t)).await;
         assert_eq!(a.status, 200, "{path}: {a:?}");

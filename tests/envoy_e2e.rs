@@ -621,6 +621,9 @@ const SPECIAL: &[&str] = &[
     "/public/../%EF%BD%81dmin/x",
     "/public/%EF%BC%8E%EF%BC%8E/admin/x",
     "/public/%E2%80%A5/admin/x",
+    "/ad%C2%ADmin/x",
+    "/%E2%80%8Badmin/x",
+    "/public/..%C2%AD/admin/x",
     "/legacy/orders/../../admin/x",
     "/legacy/orders/;/../admin",
     "/legacy/orders/;/../../../admin/x",
@@ -1048,6 +1051,7 @@ async fn behind_a_public_catch_all_no_hostile_path_reaches_an_admin_path() {
         ("/ADMIN/x", 400, None),
         ("/adm%C4%B1n/x", 400, None),
         ("/%EF%BD%81dmin/x", 400, None),
+        ("/ad%C2%ADmin/x", 400, None),
     ];
     for &(target, status, upstream_path) in controls {
         let r = stack
@@ -1161,6 +1165,7 @@ fn path_readings_resolve_as_their_servers_would() {
     assert!(is_under("/ADM\u{130}N", "/admin"));
     assert!(is_under("/\u{ff41}dmin/x", "/admin"));
     assert!(is_under("/adm\u{2170}n", "/admin"));
+    assert!(is_under("/ad\u{ad}min", "/admin"));
     assert!(!is_under("/files/caf\u{e9}", "/admin"));
     assert!(
         !is_under("/adm%C4%B1n", "/admin"),

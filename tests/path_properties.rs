@@ -4,9 +4,11 @@
 //! would apply, or scopegate refuses the request; the same against case-insensitive upstreams,
 //! against rules with their letters folded: IIS (RFC 3986, then ASCII letters folded), Java and
 //! .NET (everything decoded, then compared per character by simple case mappings, so the Kelvin
-//! sign is `k` and the dotless `ı` is `i`) and an ICU-style one (everything decoded, NFKC, full
-//! case folding: `ﬁ` is `fi`, the fullwidth `Ａ` is `a`, `／` is `/`). Also: the normaliser
-//! never panics, is idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
+//! sign is `k` and the dotless `ı` is `i`), culture-aware .NET comparisons (the same after
+//! default-ignorable characters are dropped: `ad\u{AD}min` with a soft hyphen is `admin`) and
+//! ICU's `NFKC_Casefold` (everything decoded, default-ignorables dropped, NFKC, full case
+//! folding: `ﬁ` is `fi`, the fullwidth `Ａ` is `a`, `／` is `/`). Also: the normaliser never
+//! panics, is idempotent, and never yields `..`, `//`, `;` or an encoded `/`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -55,12 +57,60 @@ fn folded_snapshot() -> Snapshot {
 }
 
 /// The rule a case-insensitive upstream applies to `raw`, by name.
-fn case_insensitive_rules(folded: &Snapshot, raw: &str) -> [(&'static str, Option<String>); 3] {
+fn case_insensitive_rules(folded: &Snapshot, raw: &str) -> [(&'static str, Option<String>); 4] {
     [
         ("IIS", rule_for_segments(folded, &iis(raw))),
         ("Java/.NET", rule_for_segments(folded, &per_character(raw))),
-        ("ICU", rule_for_segments(folded, &nfkc_folded(raw))),
+        (
+            ".NET culture-aware",
+            rule_for_segments(folded, &culture_aware(raw)),
+        ),
+        (
+            "ICU NFKC_Casefold",
+            rule_for_segments(folded, &nfkc_folded(raw)),
+        ),
     ]
+}
+
+/// Unicode 15.1 `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt), written out here
+/// as an independent reference for the crate's ICU4X property data.
+const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+fn is_default_ignorable(c: char) -> bool {
+    let c = c as u32;
+    DEFAULT_IGNORABLE
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&c))
+}
+
+fn without_ignorables(text: &str) -> String {
+    text.chars().filter(|c| !is_default_ignorable(*c)).collect()
+}
+
+/// .NET's culture-aware comparisons (ICU collation underneath): default-ignorable characters
+/// count for nothing, the rest compares as in [`per_character`].
+fn culture_aware(raw: &str) -> String {
+    per_character(&without_ignorables(&percent_decode(path_part(raw), |_| {
+        true
+    })))
 }
 
 /// IIS: RFC 3986, then ASCII letters folded.
@@ -95,16 +145,18 @@ fn per_character(raw: &str) -> String {
         .collect()
 }
 
-/// ICU-style: NFKC, full case folding (lower of upper, full mappings), NFKC again; dot segments
-/// and slashes that normalisation produced are resolved as the upstream resolves them.
+/// ICU's `NFKC_Casefold`: default-ignorables dropped, NFKC, full case folding (lower of upper,
+/// full mappings), NFKC again, default-ignorables dropped; dot segments and slashes that
+/// normalisation produced are resolved as the upstream resolves them.
 fn nfkc_folded(raw: &str) -> String {
-    let text = percent_decode(path_part(raw), |_| true);
+    let text = without_ignorables(&percent_decode(path_part(raw), |_| true));
     let folded: String = text
         .nfkc()
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect();
-    remove_dot_segments(&merge_slashes(&folded.nfkc().collect::<String>()))
+    let normal = without_ignorables(&folded.nfkc().collect::<String>());
+    remove_dot_segments(&merge_slashes(&normal))
 }
 
 /// The rule a path selects when matched segment by segment as it stands.
@@ -169,6 +221,11 @@ fn piece() -> impl Strategy<Value = &'static str> {
         "%EF%BC%8F",
         "%EF%BC%8E",
         "%E2%80%A4",
+        // Default-ignorable: soft hyphen, zero width space, BOM.
+        "ad%C2%ADmin",
+        "%C2%AD",
+        "%E2%80%8B",
+        "%EF%BB%BF",
     ])
 }
 
@@ -270,6 +327,8 @@ fn plain_paths_are_accepted_and_agree() {
         "/caf%C3%A9/orders",
         "/keys/%E2%84%AA",
         "/x/a%E2%80%A4b",
+        "/x/a%C2%ADb",
+        "/files/caf%C3%A9%C2%AD",
     ];
     let folded = folded_snapshot();
     for raw in plain {
@@ -313,6 +372,10 @@ fn reported_examples_are_refused() {
         // NFKC: `／` is `/`, `‥` is `..`.
         "/1%EF%BC%8F..%EF%BC%8Fadmin",
         "/1/%E2%80%A5/admin",
+        // Default-ignorables: culture-aware comparisons serve these from /admin/ and /keys/.
+        "/ad%C2%ADmin/x",
+        "/%E2%80%8Bkeys/x",
+        "/1/..%C2%AD/admin",
     ] {
         assert_eq!(scopegate_rule(&snapshot, raw), None, "{raw} accepted");
     }

@@ -6,15 +6,19 @@
 //! decode the escapes and compare the characters caselessly: .NET and Java per character (so the
 //! Kelvin sign `K` U+212A is `k`, the long `ſ` U+017F is `s`, and the Turkish `İ` U+0130 and `ı`
 //! U+0131 are `i`), ICU-style full case folding (`ﬁ` U+FB01 is `fi`, `ß` is `ss`), some after
-//! compatibility normalisation (NFKC: the fullwidth `Ａ` U+FF21 is `A`). Rule literals are plain
-//! ASCII (no escapes, see `route`), so one reading covers them all: the coarsest. ASCII letters
-//! are lower-cased; each run of escaped non-ASCII bytes is decoded and read as NFKC, then full
-//! case folding with the Turkish `i` folded to `i`, then NFKC again (Unicode's `NFKC_Casefold`
-//! without removing default-ignorable characters); escaped ASCII stays as it is.
+//! compatibility normalisation (NFKC: the fullwidth `Ａ` U+FF21 is `A`), and culture-aware
+//! comparisons (.NET's `InvariantCultureIgnoreCase` and culture-sensitive `StartsWith`, ICU
+//! collation) ignore default-ignorable characters altogether (`ad\u{AD}min`, with a soft hyphen,
+//! is `admin`; so are zero-width spaces and joiners, the BOM, variation selectors). Rule
+//! literals are plain ASCII (no escapes, see `route`), so one reading covers them all: the
+//! coarsest. ASCII letters are lower-cased; each run of escaped non-ASCII bytes is decoded and
+//! read as Unicode's `NFKC_Casefold` does (default-ignorable characters removed, NFKC, full case
+//! folding, NFKC again), with the Turkish `i` folded to `i`; escaped ASCII stays as it is.
 //!
 //! NFKC also turns some characters into path syntax: `／` U+FF0F is `/`, `‥` U+2025 is `..`,
 //! `；` U+FF1B is `;`. A segment whose reading contains `/`, `\`, `;`, `%`, `?`, `#` or a
-//! control character, or is `.` or `..`, cannot be matched the way such an upstream matches it:
+//! control character, or is `.`, `..` or empty (default-ignorables only, so `//` to the
+//! upstream), cannot be matched the way such an upstream matches it:
 //! [`read`] refuses it ([`DisguisedDelimiter`]) and the path normaliser refuses the request.
 //!
 //! [`RouteIndex::find_case_checked`]: super::matcher::RouteIndex::find_case_checked
@@ -22,6 +26,8 @@
 use std::borrow::Cow;
 
 use icu_normalizer::ComposingNormalizerBorrowed;
+use icu_properties::props::DefaultIgnorableCodePoint;
+use icu_properties::CodePointSetData;
 use unicase::UniCase;
 
 use super::route::hex_digit;
@@ -30,7 +36,7 @@ use super::route::hex_digit;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "an escaped character reads as '/', '\\', ';', '%', '?', '#', a control character, \
-     '.' or '..' after Unicode normalisation"
+     '.', '..' or an empty segment after Unicode normalisation"
 )]
 pub struct DisguisedDelimiter;
 
@@ -101,20 +107,33 @@ pub fn read(segment: &str) -> Result<Cow<'_, str>, DisguisedDelimiter> {
             i += 1;
         }
     }
-    if out == "." || out == ".." {
+    // A segment that reads as nothing (default-ignorables only) is an empty segment, `//`.
+    if out.is_empty() || out == "." || out == ".." {
         return Err(DisguisedDelimiter);
     }
     Ok(Cow::Owned(out))
 }
 
-/// NFKC, full case folding with the Turkish `i` folded to `i`, NFKC again.
+/// Default-ignorable characters removed, NFKC, full case folding with the Turkish `i` folded to
+/// `i`, NFKC again, default-ignorable characters removed again (NFKC makes some: U+FFA0 HALFWIDTH
+/// HANGUL FILLER is U+3164 HANGUL FILLER).
 fn fold_text(text: &str) -> String {
     let nfkc = ComposingNormalizerBorrowed::new_nfkc();
-    let folded = UniCase::unicode(nfkc.normalize(text)).to_folded_case();
+    let visible = without_default_ignorables(text);
+    let folded = UniCase::unicode(nfkc.normalize(&visible)).to_folded_case();
     // `İ` folds to `i` + U+0307 COMBINING DOT ABOVE; the Turkic mappings (and Java's and .NET's
     // per-character comparisons) make it `i`, and the dotless `ı` too.
     let turkic = folded.replace("i\u{307}", "i").replace('ı', "i");
-    nfkc.normalize(&turkic).into_owned()
+    without_default_ignorables(&nfkc.normalize(&turkic)).into_owned()
+}
+
+/// `text` without its `Default_Ignorable_Code_Point` characters (Unicode's DerivedCoreProperties).
+fn without_default_ignorables(text: &str) -> Cow<'_, str> {
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    if !text.chars().any(|c| ignorable.contains(c)) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().filter(|c| !ignorable.contains(*c)).collect())
 }
 
 /// Characters that, read from an escape, would be path syntax to the upstream.
@@ -159,15 +178,21 @@ mod tests {
     #[test]
     fn characters_that_fold_to_ascii_are_read_as_ascii() {
         let cases = [
-            ("%E2%84%AAeys", "keys"),   // KELVIN SIGN
-            ("order%C5%BF", "orders"),  // LATIN SMALL LETTER LONG S
-            ("adm%C4%B1n", "admin"),    // LATIN SMALL LETTER DOTLESS I
-            ("%C4%B0tems", "items"),    // LATIN CAPITAL LETTER I WITH DOT ABOVE
-            ("%EF%BC%A1dmin", "admin"), // FULLWIDTH LATIN CAPITAL LETTER A
-            ("%EF%AC%81les", "files"),  // LATIN SMALL LIGATURE FI
-            ("Stra%C3%9Fe", "strasse"), // LATIN SMALL LETTER SHARP S
-            ("%E2%85%A0", "i"),         // ROMAN NUMERAL ONE
-            ("caf%C3%A9", "café"),      // stays non-ASCII: no ASCII literal matches it
+            ("%E2%84%AAeys", "keys"),    // KELVIN SIGN
+            ("order%C5%BF", "orders"),   // LATIN SMALL LETTER LONG S
+            ("adm%C4%B1n", "admin"),     // LATIN SMALL LETTER DOTLESS I
+            ("%C4%B0tems", "items"),     // LATIN CAPITAL LETTER I WITH DOT ABOVE
+            ("%EF%BC%A1dmin", "admin"),  // FULLWIDTH LATIN CAPITAL LETTER A
+            ("%EF%AC%81les", "files"),   // LATIN SMALL LIGATURE FI
+            ("Stra%C3%9Fe", "strasse"),  // LATIN SMALL LETTER SHARP S
+            ("%E2%85%A0", "i"),          // ROMAN NUMERAL ONE
+            ("ad%C2%ADmin", "admin"),    // SOFT HYPHEN (default-ignorable)
+            ("%E2%80%8Bkeys", "keys"),   // ZERO WIDTH SPACE
+            ("adm%E2%80%8Din", "admin"), // ZERO WIDTH JOINER
+            ("admin%EF%BB%BF", "admin"), // ZERO WIDTH NO-BREAK SPACE (BOM)
+            ("a%EF%B8%8Fdmin", "admin"), // VARIATION SELECTOR-16
+            ("admin%EF%BE%A0", "admin"), // HALFWIDTH HANGUL FILLER: NFKC makes it U+3164
+            ("caf%C3%A9", "café"),       // stays non-ASCII: no ASCII literal matches it
             ("CAF%C3%89", "café"),
         ];
         for (segment, expected) in cases {
@@ -190,6 +215,10 @@ mod tests {
             "x%EF%BC%9F", // FULLWIDTH QUESTION MARK
             "x%EF%BC%83", // FULLWIDTH NUMBER SIGN
             "x%C2%85",    // NEXT LINE (a control character)
+            "..%C2%AD",   // `..` once the soft hyphen is ignored
+            "%E2%80%8B.", // `.` once the zero width space is ignored
+            "%C2%AD",     // nothing: an empty segment, `//`, to the upstream
+            "%E2%80%8B%EF%BB%BF",
         ] {
             assert_eq!(reading(segment), Err(DisguisedDelimiter), "{segment}");
             assert!(has_escaped_non_ascii(segment), "{segment}");

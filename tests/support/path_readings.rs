@@ -168,11 +168,18 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 /// `text` as a case-insensitive upstream may compare it, taking every folding some server does:
 /// NFKC (fullwidth `ａ`, `ⅰ`, `／` become `a`, `i`, `/`), then each character upper-cased and
 /// lower-cased in turn (Java's `equalsIgnoreCase`, .NET's invariant comparisons: dotless `ı` and
-/// `ſ` become `i` and `s`, KELVIN SIGN `k`), and the dot of `İ` dropped. Percent-escapes are left
-/// as they are: decoding is the readings' business.
+/// `ſ` become `i` and `s`, KELVIN SIGN `k`), the dot of `İ` dropped, and the invisible format
+/// characters that culture-aware comparisons ignore (soft hyphen, zero-width space and joiners,
+/// BOM) dropped. Percent-escapes are left as they are: decoding is the readings' business.
 pub fn generous_fold(text: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
-    let folded: String = text
+    let visible = text.replace(
+        [
+            '\u{ad}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}',
+        ],
+        "",
+    );
+    let folded: String = visible
         .nfkc()
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
