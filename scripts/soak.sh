@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak through faults (see benches/soak.rs): real Envoy → two scopegate replicas (etcd source) →
+# Soak through faults (see benches/soak/): real Envoy → two scopegate replicas (etcd source) →
 # echo upstream at a fixed rate for several minutes while etcd loses its leader, members restart,
 # the history is compacted, one replica is cut off etcd, the other restarts, and a watched member
 # hangs; rule changes and revocations throughout. Loopback only; bounded by --duration.
