@@ -103,6 +103,8 @@ fn request(token: &str) -> CheckRequest {
 }
 
 fn bench_check(c: &mut Criterion) {
+    // As `scopegate serve` does first thing (the provider that verifies with parsed RSA keys).
+    scopegate::token::rsa_keys::install();
     let mut group = c.benchmark_group("check_handler");
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let req = request(&token(alg));
@@ -117,7 +119,14 @@ fn bench_check(c: &mut Criterion) {
                 0,
                 "bench request must be allowed"
             );
+            let parsed_before = scopegate::token::rsa_keys::parsed_verifications();
             group.bench_function(format!("{alg:?}/{label}"), |b| b.iter(|| check(&svc, &req)));
+            if alg == Algorithm::RS256 && label == "uncached" {
+                assert!(
+                    scopegate::token::rsa_keys::parsed_verifications() > parsed_before,
+                    "uncached RS256 checks must use the parsed key"
+                );
+            }
         }
     }
     group.finish();

@@ -7,6 +7,8 @@ use scopegate::cli::{Cli, Command, ServeArgs};
 use scopegate::commands;
 
 fn main() -> ExitCode {
+    // Before anything uses jsonwebtoken: its process-wide provider is fixed at first use.
+    scopegate::token::rsa_keys::install();
     let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Serve(args) => serve(*args),

@@ -14,6 +14,7 @@ pub mod introspect;
 pub mod issuer;
 pub mod jwks;
 pub mod remote;
+pub mod rsa_keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;

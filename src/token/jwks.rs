@@ -17,7 +17,9 @@ use aws_lc_rs::signature::{
     ED25519,
 };
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
+
+use super::rsa_keys::ParsedRsaKey;
 use serde_json::Value;
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3: 2048 bits).
@@ -154,6 +156,8 @@ pub struct VerificationKey {
     pub kid: Option<String>,
     pub algorithms: Vec<Algorithm>,
     pub key: DecodingKey,
+    /// An RSA key parsed once per algorithm, kept (and so registered) as long as this key is.
+    parsed: Vec<ParsedRsaKey>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -166,6 +170,30 @@ impl std::fmt::Debug for VerificationKey {
 }
 
 impl VerificationKey {
+    /// A key for `algorithms`; an RSA key is parsed for each of them (see [`rsa_keys`]).
+    ///
+    /// [`rsa_keys`]: super::rsa_keys
+    pub fn new(kid: Option<String>, algorithms: Vec<Algorithm>, key: DecodingKey) -> Self {
+        let parsed = match key.kind() {
+            DecodingKeyKind::RsaModulusExponent { n, e } => algorithms
+                .iter()
+                .filter_map(|alg| ParsedRsaKey::new(n, e, *alg))
+                .collect(),
+            DecodingKeyKind::SecretOrDer(_) => Vec::new(),
+        };
+        VerificationKey {
+            kid,
+            algorithms,
+            key,
+            parsed,
+        }
+    }
+
+    /// How many algorithms this key has a parsed form for.
+    pub fn parsed_algorithms(&self) -> usize {
+        self.parsed.len()
+    }
+
     pub fn allows(&self, alg: Algorithm) -> bool {
         self.algorithms.contains(&alg)
     }
@@ -287,11 +315,11 @@ fn key_from_value(raw: &Value, pinned: &[Algorithm]) -> Result<VerificationKey, 
         let names: Vec<String> = usable.iter().map(|a| format!("{a:?}")).collect();
         return Err(SkipReason::NotPinned(names.join("/")));
     }
-    Ok(VerificationKey {
-        kid: jwk.common.key_id.clone(),
+    Ok(VerificationKey::new(
+        jwk.common.key_id.clone(),
         algorithms,
         key,
-    })
+    ))
 }
 
 /// An RSA key from its JWK `n` and `e`, judged by the real size of the numbers: leading zero
@@ -420,11 +448,11 @@ pub fn key_from_secret_file(
             skipped: Vec::new(),
         });
     }
-    Ok(VerificationKey {
-        kid: None,
+    Ok(VerificationKey::new(
+        None,
         algorithms,
-        key: DecodingKey::from_secret(secret),
-    })
+        DecodingKey::from_secret(secret),
+    ))
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ pub fn claims(sub: &str, scope: &str) -> Value {
 
 /// Signs `claims` with the demo key for `alg`, with `typ: at+jwt` and the demo kid.
 pub fn sign(alg: Algorithm, claims: &Value) -> String {
+    // As `scopegate serve` does before jsonwebtoken's first use (parsed RSA keys).
+    scopegate::token::rsa_keys::install();
     let (key, kid) = demo_key(alg);
     let mut header = Header::new(alg);
     header.typ = Some("at+jwt".into());
