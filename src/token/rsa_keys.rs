@@ -42,8 +42,6 @@ fn parameters(alg: Algorithm) -> Option<&'static RsaParameters> {
 
 struct Parsed {
     alg: Algorithm,
-    n: Vec<u8>,
-    e: Vec<u8>,
     key: ParsedPublicKey,
 }
 
@@ -57,8 +55,18 @@ impl std::fmt::Debug for ParsedRsaKey {
     }
 }
 
-/// The parsed keys alive, published whole on each change (read on every RSA signature check).
-static REGISTRY: LazyLock<ArcSwap<Vec<Weak<Parsed>>>> = LazyLock::new(ArcSwap::default);
+/// A registry entry: what the key is for, compared before the weak reference is touched.
+#[derive(Clone)]
+struct Registered {
+    alg: Algorithm,
+    n: Arc<[u8]>,
+    e: Arc<[u8]>,
+    parsed: Weak<Parsed>,
+}
+
+/// The parsed keys registered, published whole on each change (read on every RSA signature
+/// check; entries whose key is gone are dropped at the next registration).
+static REGISTRY: LazyLock<ArcSwap<Vec<Registered>>> = LazyLock::new(ArcSwap::default);
 
 impl ParsedRsaKey {
     /// Parses `n`, `e` (big-endian, no leading zeros) for `alg` and registers the result;
@@ -69,17 +77,17 @@ impl ParsedRsaKey {
         let key = RsaPublicKeyComponents { n, e }
             .to_parsed_public_key(parameters(alg)?)
             .ok()?;
-        let parsed = Arc::new(Parsed {
+        let parsed = Arc::new(Parsed { alg, key });
+        let entry = Registered {
             alg,
-            n: n.to_vec(),
-            e: e.to_vec(),
-            key,
-        });
-        let entry = Arc::downgrade(&parsed);
-        REGISTRY.rcu(|alive| {
-            let mut next: Vec<Weak<Parsed>> = alive
+            n: n.into(),
+            e: e.into(),
+            parsed: Arc::downgrade(&parsed),
+        };
+        REGISTRY.rcu(|registered| {
+            let mut next: Vec<Registered> = registered
                 .iter()
-                .filter(|e| e.strong_count() > 0)
+                .filter(|r| r.parsed.strong_count() > 0)
                 .cloned()
                 .collect();
             next.push(entry.clone());
@@ -89,13 +97,14 @@ impl ParsedRsaKey {
     }
 }
 
-/// The live parsed key for exactly these components and algorithm, if one is registered.
+/// The live parsed key for exactly these components and algorithm, if one is registered (an
+/// entry whose key is gone may still be listed before a live one for the same key).
 fn registered(alg: Algorithm, n: &[u8], e: &[u8]) -> Option<Arc<Parsed>> {
     REGISTRY
         .load()
         .iter()
-        .filter_map(Weak::upgrade)
-        .find(|p| p.alg == alg && p.n == n && p.e == e)
+        .filter(|r| r.alg == alg && *r.n == *n && *r.e == *e)
+        .find_map(|r| r.parsed.upgrade())
 }
 
 /// Verifies with a parsed key (`jsonwebtoken` has checked the algorithm family and decoded
@@ -233,6 +242,13 @@ mod tests {
             registered(Algorithm::RS256, &n, &e).is_none(),
             "dropped keys leave"
         );
+        // A key set replaced by one with the same key: the old entry is dead, the new one found.
+        let old = ParsedRsaKey::new(&n, &e, Algorithm::RS256).unwrap();
+        let new = ParsedRsaKey::new(&n, &e, Algorithm::RS256).unwrap();
+        drop(old);
+        assert!(registered(Algorithm::RS256, &n, &e).is_some());
+        drop(new);
+        assert!(registered(Algorithm::RS256, &n, &e).is_none());
     }
 
     #[test]
