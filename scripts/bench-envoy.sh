@@ -126,6 +126,13 @@ ext_authz_filter() { # cluster [raw]
                 - exact: x-scopegate-subject
                 - exact: x-scopegate-client-id
                 - exact: x-scopegate-scopes
+                # Method and URL override headers: scopegate refuses a request that carries one
+                # (some upstreams would serve another method or URL than the one decided).
+                - exact: x-http-method-override
+                - exact: x-http-method
+                - exact: x-method-override
+                - exact: x-original-url
+                - exact: x-rewrite-url
 EOF
 }
 

@@ -122,6 +122,7 @@ impl Denial {
         let description = match error {
             RequestError::MalformedBearer => "The Authorization header is malformed",
             RequestError::MalformedDpop => "The DPoP header is repeated or unreadable",
+            RequestError::OverrideHeader(_) => "Method and URL override headers are not accepted",
             _ => "The request path or host is not acceptable",
         };
         Denial::new(

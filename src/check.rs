@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::authz::request::access_token;
+use crate::authz::request::{access_token, RequestError};
 use crate::authz::{self, Credential, Decision, Denial, Request};
 use crate::cache::ClaimsCache;
 use crate::reason::Reason;
@@ -94,6 +94,11 @@ pub struct CheckInput<'a> {
     /// Envoy's ext_authz filter sets `include_peer_certificate: true`).
     pub peer_certificate: Option<&'a str>,
     pub context: Option<&'a HashMap<String, String>>,
+    /// The first of [`OVERRIDE_HEADERS`] the request carries, as Envoy forwarded it (its
+    /// ext_authz filter must list them in `allowed_headers`).
+    ///
+    /// [`OVERRIDE_HEADERS`]: crate::authz::request::OVERRIDE_HEADERS
+    pub override_header: Option<&'static str>,
 }
 
 /// The decision plus what the response and log need.
@@ -201,6 +206,10 @@ impl Checker {
     }
 
     fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>, pass: &Pass) -> Decision {
+        if let Some(name) = input.override_header {
+            // The upstream might serve another method or URL than the one decided here.
+            return Decision::deny(Denial::invalid_request(&RequestError::OverrideHeader(name)));
+        }
         let request = match Request::new(input.host, input.method, input.path) {
             Ok(request) => request,
             Err(e) => return Decision::deny(Denial::invalid_request(&e)),

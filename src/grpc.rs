@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
+use crate::authz::request::OVERRIDE_HEADERS;
 use crate::authz::{Decision, Denial, DenyStatus, Verdict};
 use crate::check::{CheckInput, CheckOutcome, Checker, SingleHeader};
 use crate::reason::Reason;
@@ -126,6 +127,7 @@ impl AuthorizationService {
                 .map(|peer| peer.certificate.as_str())
                 .filter(|pem| !pem.is_empty()),
             context: attributes.map(|a| &a.context_extensions),
+            override_header: override_header(http),
         };
         let outcome = self.checker.check(&input).await;
         build_response(&outcome, &self.settings, SentHeaders(Some(http)))
@@ -170,6 +172,21 @@ fn single_header<'a>(http: &'a HttpRequest, name: &str) -> SingleHeader<'a> {
         (1, Some(value)) => SingleHeader::One(value),
         _ => SingleHeader::Malformed,
     }
+}
+
+/// The first of [`OVERRIDE_HEADERS`] among the headers Envoy forwarded (`headers`, or
+/// `header_map` with `encode_raw_headers`), compared case-insensitively: one pass over the
+/// names, most of which do not start with `x-`.
+fn override_header(http: &HttpRequest) -> Option<&'static str> {
+    let listed = http.header_map.iter().flat_map(|map| map.headers.iter());
+    let names = http.headers.keys().chain(listed.map(|h| &h.key));
+    names
+        .filter(|name| name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"x-"))
+        .find_map(|name| {
+            OVERRIDE_HEADERS
+                .into_iter()
+                .find(|o| o.eq_ignore_ascii_case(name))
+        })
 }
 
 fn denied_without_http(settings: &ResponseSettings) -> CheckResponse {

@@ -395,3 +395,56 @@ async fn a_path_whose_letter_case_changes_the_rule_is_refused() {
         "same rule either way: decided",
     );
 }
+
+/// Some upstreams let a header replace the method (`X-HTTP-Method-Override: DELETE` on a POST)
+/// or the URL (`X-Original-URL`) after the proxy: scopegate decided on the method and path
+/// Envoy saw, so such a request is refused (400), whatever the rule and the token.
+#[tokio::test]
+async fn method_and_url_override_headers_are_refused() {
+    let mut s = server().await;
+    let reader = token("alice", "orders:read");
+    let auth = format!("Bearer {reader}");
+    // The controls: a reader may POST to /items/ (items), not DELETE there (delete-orders).
+    let a = s
+        .check("POST", "api.example.com", "/items/1", Some(&reader))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = s
+        .check("DELETE", "api.example.com", "/items/1", Some(&reader))
+        .await;
+    assert_denied(&a, 403, "insufficient_scope", "DELETE needs items:delete");
+    for (method, path, header, value) in [
+        ("POST", "/items/1", "x-http-method-override", "DELETE"),
+        ("POST", "/items/1", "x-http-method", "DELETE"),
+        ("POST", "/items/1", "x-method-override", "DELETE"),
+        ("GET", "/orders/1", "x-original-url", "/admin/x"),
+        ("GET", "/orders/1", "x-rewrite-url", "/admin/x"),
+    ] {
+        let request = check_request(
+            method,
+            "api.example.com",
+            path,
+            &[("authorization", &auth), (header, value)],
+        );
+        let a = s.check_with(request).await;
+        assert_denied(&a, 400, "invalid_request", header);
+    }
+    // Listed in `header_map` (Envoy's `encode_raw_headers`), in any letter case.
+    let raw = with_header_map(
+        "/orders/1",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("X-HTTP-Method-Override", b"DELETE"),
+        ],
+    );
+    let a = s.check_with(raw).await;
+    assert_denied(&a, 400, "invalid_request", "header_map");
+    // Other x- headers are no reason to refuse.
+    let request = check_request(
+        "GET",
+        "api.example.com",
+        "/orders/1",
+        &[("authorization", &auth), ("x-request-id", "1")],
+    );
+    assert_eq!(s.check_with(request).await.status, 200);
+}

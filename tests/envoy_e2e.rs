@@ -355,6 +355,59 @@ async fn forged_identity_headers_never_reach_the_upstream_on_public_routes() {
     }
 }
 
+/// `X-HTTP-Method-Override` (a POST served as DELETE by some frameworks) and `X-Original-URL`
+/// (a path served from the header by IIS URL Rewrite set-ups): through the example's Envoy,
+/// scopegate sees them (`allowed_headers`) and refuses the request; on the unchecked /static/
+/// route Envoy removes them.
+#[tokio::test]
+async fn method_and_url_override_headers_are_refused_or_removed() {
+    let stack = Stack::start().await;
+    let writer = tokens::token("alice", "orders:write");
+    // The control: a writer may POST.
+    let r = stack.send("POST", "/orders/1", Some(&writer), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (method, path, token, header) in [
+        (
+            "POST",
+            "/orders/1",
+            Some(writer.as_str()),
+            ("X-HTTP-Method-Override", "DELETE"),
+        ),
+        (
+            "POST",
+            "/orders/1",
+            Some(writer.as_str()),
+            ("X-HTTP-Method", "PUT"),
+        ),
+        ("GET", "/public/info", None, ("X-Original-URL", "/admin/x")),
+        ("GET", "/public/info", None, ("X-Rewrite-URL", "/admin/x")),
+    ] {
+        let before = stack.upstream.requests();
+        let r = stack.send(method, path, token, &[header]).await;
+        assert_denied(&r, 400, "invalid_request");
+        assert_eq!(
+            stack.upstream.requests(),
+            before,
+            "{header:?} reached the upstream"
+        );
+    }
+    let r = stack
+        .send(
+            "GET",
+            "/static/app.js",
+            None,
+            &[("X-Original-URL", "/admin/x")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.echoed().unwrap();
+    assert_eq!(
+        seen.all("x-original-url"),
+        Vec::<&str>::new(),
+        "removed on /static/"
+    );
+}
+
 #[tokio::test]
 async fn context_extension_pins_the_request_to_one_rule() {
     let mut stack = Stack::start().await;

@@ -82,7 +82,24 @@ pub enum RequestError {
     MalformedBearer,
     #[error("DPoP header is repeated or unreadable")]
     MalformedDpop,
+    /// A header some upstreams let override the method or the URL (see [`OVERRIDE_HEADERS`]).
+    #[error("request carries {0}, which some upstreams let override the method or URL")]
+    OverrideHeader(&'static str),
 }
+
+/// Headers with which some upstreams let the client replace the request's method or URL after
+/// the proxy: `X-HTTP-Method-Override` and its variants (ASP.NET Web API, Laravel, Express's
+/// method-override, Google APIs: a `POST` executed as `DELETE`), `X-Original-URL` and
+/// `X-Rewrite-URL` (IIS URL Rewrite set-ups, older Symfony: the path served is the header's).
+/// scopegate decides on the method and path Envoy saw, so a request carrying one is refused
+/// (400) whatever its rule, public ones included. Lower case, as Envoy sends header names.
+pub const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 /// Longest raw path accepted (Envoy's default `max_request_headers_kb` is 60 KiB).
 const MAX_PATH_BYTES: usize = 16 * 1024;
