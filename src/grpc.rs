@@ -127,7 +127,7 @@ impl AuthorizationService {
                 .map(|peer| peer.certificate.as_str())
                 .filter(|pem| !pem.is_empty()),
             context: attributes.map(|a| &a.context_extensions),
-            override_header: override_header(http),
+            override_header: SentHeaders(Some(http)).first_of(&OVERRIDE_HEADERS),
         };
         let outcome = self.checker.check(&input).await;
         build_response(&outcome, &self.settings, SentHeaders(Some(http)))
@@ -174,21 +174,6 @@ fn single_header<'a>(http: &'a HttpRequest, name: &str) -> SingleHeader<'a> {
     }
 }
 
-/// The first of [`OVERRIDE_HEADERS`] among the headers Envoy forwarded (`headers`, or
-/// `header_map` with `encode_raw_headers`), compared case-insensitively: one pass over the
-/// names, most of which do not start with `x-`.
-fn override_header(http: &HttpRequest) -> Option<&'static str> {
-    let listed = http.header_map.iter().flat_map(|map| map.headers.iter());
-    let names = http.headers.keys().chain(listed.map(|h| &h.key));
-    names
-        .filter(|name| name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"x-"))
-        .find_map(|name| {
-            OVERRIDE_HEADERS
-                .into_iter()
-                .find(|o| o.eq_ignore_ascii_case(name))
-        })
-}
-
 fn denied_without_http(settings: &ResponseSettings) -> CheckResponse {
     // Not a decision of the checker (nothing to log there): the id ties the answer to this line.
     let decision_id = uuid::Uuid::new_v4().simple().to_string();
@@ -214,16 +199,24 @@ fn denied_without_http(settings: &ResponseSettings) -> CheckResponse {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SentHeaders<'a>(pub Option<&'a HttpRequest>);
 
-impl SentHeaders<'_> {
+impl<'a> SentHeaders<'a> {
+    /// The names of the headers that reached the check, in either field.
+    fn names(self) -> impl Iterator<Item = &'a String> {
+        self.0.into_iter().flat_map(|http| {
+            let listed = http.header_map.iter().flat_map(|map| map.headers.iter());
+            http.headers.keys().chain(listed.map(|h| &h.key))
+        })
+    }
+
     /// Whether a header `name` (lower-case) reached the check.
     pub fn contains(&self, name: &str) -> bool {
-        let Some(http) = self.0 else { return false };
-        http.headers.keys().any(|k| k.eq_ignore_ascii_case(name))
-            || http
-                .header_map
-                .iter()
-                .flat_map(|map| map.headers.iter())
-                .any(|h| h.key.eq_ignore_ascii_case(name))
+        self.names().any(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// The first header among those sent (in one pass over them) that is one of `wanted`.
+    pub fn first_of(&self, wanted: &[&'static str]) -> Option<&'static str> {
+        self.names()
+            .find_map(|k| wanted.iter().copied().find(|w| w.eq_ignore_ascii_case(k)))
     }
 }
 

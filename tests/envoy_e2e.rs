@@ -15,7 +15,9 @@ use std::time::Duration;
 use etcd_client::Client;
 use scopegate::app::RunningApp;
 use serde_json::json;
-use support::envoy::{try_request, wait_scopegate_ready, EchoUpstream, Envoy, HttpResponse};
+use support::envoy::{
+    try_request, wait_scopegate_ready, EchoUpstream, Echoed, Envoy, HttpResponse,
+};
 use support::etcd::EtcdServer;
 use support::path_readings::{self, is_under, path_part, readings, readings_under};
 use support::server::serve_args;
@@ -910,18 +912,9 @@ async fn hostile_paths_never_reach_the_upstream_at_an_admin_path() {
     let mut reached: HashMap<usize, String> = HashMap::new();
     let mut findings = Vec::new();
     for request in &received[controls..] {
-        let id = request
-            .all("x-probe-id")
-            .first()
-            .and_then(|id| id.parse().ok());
-        let under_admin = readings_under(&request.path, "/admin");
-        if !under_admin.is_empty() {
-            let sent = id.map_or("?", |id: usize| probes[id].1.target.as_str());
-            findings.push(format!(
-                "sent {sent:?} (probe {id:?}), upstream got {:?}, read as {under_admin:?}",
-                request.path
-            ));
-        }
+        let id = probe_id(request);
+        let sent = id.map(|id| probes[id].1.target.as_str());
+        findings.extend(admin_finding(request, sent));
         let id = id.expect("every corpus request carries x-probe-id");
         assert!(
             reached.insert(id, request.path.clone()).is_none(),
@@ -1055,6 +1048,24 @@ async fn hostile_paths_never_reach_the_upstream_at_an_admin_path() {
     );
 }
 
+/// The probe id (`x-probe-id`) a request that reached the upstream carries.
+fn probe_id(request: &Echoed) -> Option<usize> {
+    request.all("x-probe-id").first()?.parse().ok()
+}
+
+/// A line for a request that reached the upstream at a path some upstream reads as under
+/// /admin (`sent`: the target the probe sent), or `None`.
+fn admin_finding(request: &Echoed, sent: Option<&str>) -> Option<String> {
+    let under_admin = readings_under(&request.path, "/admin");
+    (!under_admin.is_empty()).then(|| {
+        format!(
+            "sent {:?}, upstream got {:?}, read as {under_admin:?}",
+            sent.unwrap_or("?"),
+            request.path
+        )
+    })
+}
+
 /// Sends each `(probe id, request target, Authorization)` to Envoy over raw TCP (the target
 /// byte for byte: nothing normalises it on the way to Envoy), 16 at a time, with the probe id in
 /// `x-probe-id` for the upstream's log.
@@ -1137,18 +1148,8 @@ async fn behind_a_public_catch_all_no_hostile_path_reaches_an_admin_path() {
     let received = stack.upstream.received().await;
     let mut findings = Vec::new();
     for request in &received[before..] {
-        let id: Option<usize> = request
-            .all("x-probe-id")
-            .first()
-            .and_then(|id| id.parse().ok());
-        let under_admin = readings_under(&request.path, "/admin");
-        if !under_admin.is_empty() {
-            let sent = id.map_or("?", |id| targets[id].as_str());
-            findings.push(format!(
-                "sent {sent:?}, upstream got {:?}, read as {under_admin:?}",
-                request.path
-            ));
-        }
+        let sent = probe_id(request).map(|id| targets[id].as_str());
+        findings.extend(admin_finding(request, sent));
     }
     let reached = received.len() - before;
     println!(

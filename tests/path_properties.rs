@@ -26,7 +26,8 @@ use scopegate::authz::Request;
 use scopegate::rules::document::parse_document;
 use scopegate::store::Snapshot;
 use support::path_readings::{
-    merge_slashes, path_part, percent_decode, remove_dot_segments, rfc3986, READINGS,
+    is_default_ignorable, merge_slashes, path_part, percent_decode, remove_dot_segments, rfc3986,
+    READINGS,
 };
 use unicode_normalization::UnicodeNormalization;
 
@@ -70,35 +71,6 @@ fn case_insensitive_rules(folded: &Snapshot, raw: &str) -> [(&'static str, Optio
             rule_for_segments(folded, &nfkc_folded(raw)),
         ),
     ]
-}
-
-/// Unicode 15.1 `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt), written out here
-/// as an independent reference for the crate's ICU4X property data.
-const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
-    (0x00AD, 0x00AD),
-    (0x034F, 0x034F),
-    (0x061C, 0x061C),
-    (0x115F, 0x1160),
-    (0x17B4, 0x17B5),
-    (0x180B, 0x180F),
-    (0x200B, 0x200F),
-    (0x202A, 0x202E),
-    (0x2060, 0x206F),
-    (0x3164, 0x3164),
-    (0xFE00, 0xFE0F),
-    (0xFEFF, 0xFEFF),
-    (0xFFA0, 0xFFA0),
-    (0xFFF0, 0xFFF8),
-    (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A),
-    (0xE0000, 0xE0FFF),
-];
-
-fn is_default_ignorable(c: char) -> bool {
-    let c = c as u32;
-    DEFAULT_IGNORABLE
-        .iter()
-        .any(|&(low, high)| (low..=high).contains(&c))
 }
 
 fn without_ignorables(text: &str) -> String {

@@ -156,8 +156,9 @@ pub struct VerificationKey {
     pub kid: Option<String>,
     pub algorithms: Vec<Algorithm>,
     pub key: DecodingKey,
-    /// An RSA key parsed once per algorithm, kept (and so registered) as long as this key is.
-    parsed: Vec<ParsedRsaKey>,
+    /// An RSA key parsed once per algorithm: only held, so that it stays registered (see
+    /// `rsa_keys`) as long as this key is.
+    _parsed: Vec<ParsedRsaKey>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -185,13 +186,8 @@ impl VerificationKey {
             kid,
             algorithms,
             key,
-            parsed,
+            _parsed: parsed,
         }
-    }
-
-    /// How many algorithms this key has a parsed form for.
-    pub fn parsed_algorithms(&self) -> usize {
-        self.parsed.len()
     }
 
     pub fn allows(&self, alg: Algorithm) -> bool {

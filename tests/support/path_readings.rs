@@ -169,16 +169,11 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 /// NFKC (fullwidth `ａ`, `ⅰ`, `／` become `a`, `i`, `/`), then each character upper-cased and
 /// lower-cased in turn (Java's `equalsIgnoreCase`, .NET's invariant comparisons: dotless `ı` and
 /// `ſ` become `i` and `s`, KELVIN SIGN `k`), the dot of `İ` dropped, and the invisible format
-/// characters that culture-aware comparisons ignore (soft hyphen, zero-width space and joiners,
-/// BOM) dropped. Percent-escapes are left as they are: decoding is the readings' business.
+/// characters that culture-aware comparisons ignore ([`DEFAULT_IGNORABLE`]: soft hyphen,
+/// zero-width space and joiners, BOM, ...) dropped. Percent-escapes are left as they are: decoding is the readings' business.
 pub fn generous_fold(text: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
-    let visible = text.replace(
-        [
-            '\u{ad}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}',
-        ],
-        "",
-    );
+    let visible: String = text.chars().filter(|c| !is_default_ignorable(*c)).collect();
     let folded: String = visible
         .nfkc()
         .flat_map(char::to_uppercase)
@@ -199,4 +194,33 @@ pub fn readings_under(target: &str, prefix: &str) -> Vec<(&'static str, String)>
 pub fn is_unambiguous(target: &str) -> bool {
     let path = path_part(target);
     readings(target).iter().all(|(_, read)| read == path)
+}
+
+/// Unicode 15.1 `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt), written out here
+/// as an independent reference for the crate's ICU4X property data.
+pub const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+pub fn is_default_ignorable(c: char) -> bool {
+    let c = c as u32;
+    DEFAULT_IGNORABLE
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&c))
 }
