@@ -393,6 +393,22 @@ async fn method_and_url_override_headers_are_refused_or_removed() {
             "{header:?} reached the upstream"
         );
     }
+    // Spelled with `_` (which CGI-style upstreams read as `-`): Envoy refuses the request.
+    for header in [
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("x_scopegate_subject", "mallory"),
+    ] {
+        let before = stack.upstream.requests();
+        let r = stack
+            .send("POST", "/orders/1", Some(&writer), &[header])
+            .await;
+        assert_eq!(r.status, 400, "{header:?}: {r:?}");
+        assert_eq!(
+            stack.upstream.requests(),
+            before,
+            "{header:?} reached the upstream"
+        );
+    }
     let r = stack
         .send(
             "GET",
