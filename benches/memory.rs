@@ -15,6 +15,10 @@ use scopegate::store::Snapshot;
 use scopegate::token::Claims;
 use serde_json::json;
 
+/// The binary's allocator, so that the figures are the binary's (`scopegate::allocator`).
+#[global_allocator]
+static ALLOCATOR: scopegate::allocator::Allocator = scopegate::allocator::Allocator;
+
 /// A fixed clock for revocation lookups (no entry here expires).
 const NOW: i64 = 1_764_000_000;
 

@@ -1,6 +1,7 @@
 //! A no-op Envoy ext_authz gRPC server that allows every request: the protocol floor that
 //! scopegate is measured against (`scripts/bench-envoy.sh`). Same transport settings as
-//! scopegate's server (tonic, TCP_NODELAY, HTTP/2 keep-alive), no policy, no logging.
+//! scopegate's server (tonic, TCP_NODELAY, HTTP/2 keep-alive) and the same allocator
+//! (mimalloc), no policy, no logging.
 //!
 //! NEVER run this in front of anything real: it authorizes everything.
 //!
@@ -25,6 +26,10 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Request, Response, Status};
+
+/// scopegate's allocator, so that the floor differs from scopegate by scopegate's work only.
+#[global_allocator]
+static ALLOCATOR: scopegate::allocator::Allocator = scopegate::allocator::Allocator;
 
 #[derive(Parser)]
 struct Args {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod authz;
 pub mod cache;

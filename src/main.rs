@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use scopegate::cli::{Cli, Command, ServeArgs};
 use scopegate::commands;
 
+/// See [`scopegate::allocator`].
+#[global_allocator]
+static ALLOCATOR: scopegate::allocator::Allocator = scopegate::allocator::Allocator;
+
 fn main() -> ExitCode {
     // Before anything uses jsonwebtoken: its process-wide provider is fixed at first use.
     scopegate::token::rsa_keys::install();

@@ -316,32 +316,38 @@ pub fn access_token(authorization: Option<&str>) -> Result<Option<(Scheme, &str)
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
-    // Every byte of every token is checked on every request: a table lookup per byte, folded
-    // without an early exit (valid tokens are read whole anyway), lets the compiler unroll it;
-    // the per-byte chain of comparisons it replaces was ~4 % of scopegate's CPU under load.
-    !body.is_empty()
-        && body
-            .bytes()
-            .fold(true, |ok, b| ok & B64TOKEN[usize::from(b)])
+    // Every byte of every token is checked on every request. Folded without an early exit
+    // (valid tokens are read whole anyway) and written as range comparisons, the loop is
+    // vectorised: 16 bytes per step instead of a table lookup per byte (~3,200 instructions
+    // for a 700-byte token before, scripts/bench-instructions.sh).
+    !body.is_empty() && body.bytes().fold(true, |ok, b| ok & is_b64token_byte(b))
 }
 
-/// The `b64token` alphabet (RFC 6750 §2.1), without the trailing `=`.
-const B64TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = matches!(
-            b as u8,
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'+' | b'/'
-        );
-        b += 1;
-    }
-    table
-};
+/// One byte of the `b64token` alphabet (RFC 6750 §2.1), the trailing `=` excluded.
+#[inline(always)]
+fn is_b64token_byte(b: u8) -> bool {
+    // `b | 0x20` lower-cases letters; of the bytes it moves, none lands in `a..=z`.
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    // `-`, `.` and `/` are 0x2D..=0x2F.
+    let dash_dot_slash = b.wrapping_sub(b'-') < 3;
+    letter | digit | dash_dot_slash | (b == b'_') | (b == b'~') | (b == b'+')
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_b64token_alphabet_is_rfc_6750s_for_every_byte() {
+        for b in 0..=u8::MAX {
+            let rfc = matches!(
+                b,
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'+' | b'/'
+            );
+            assert_eq!(is_b64token_byte(b), rfc, "byte {b:#04x}");
+        }
+    }
 
     #[test]
     fn normal_paths_are_kept() {
