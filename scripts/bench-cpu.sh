@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# CPU time per Check, scopegate against the no-op floor, at a fixed open-loop rate: each server
+# has one runtime worker pinned to the last CPU, examples/loadgen (one cached valid token, the
+# requests Envoy sends) runs on CPU 0, and the server's user+system CPU is read from /proc
+# around each run. The variants run interleaved, round after round, so drifts of a shared
+# machine hit all of them alike; medians are reported. At a fixed rate below saturation, CPU
+# per check is steadier than throughput through Envoy (scripts/bench-envoy.sh), whose rounds
+# swing by ±30 % on a noisy VM.
+#
+#   N+hdr  examples/noop_authz --answer headers (scopegate's allow answer, fixed values)
+#   S      scopegate serve --rules examples/rules.yaml --decision-log off
+#   S+log  the same with the default decision log (every decision, to a file)
+#   X+log  as S+log with the binary at SCOPEGATE_BENCH_ALT_BIN (not in the default list)
+#
+#   scripts/bench-cpu.sh [--rate 20000] [--rounds 5] [--duration 5s] [--no-build]
+#                        [--variants "N+hdr S S+log"]
+#
+# Loopback only; every process it starts is stopped on exit. Needs two CPUs for the pinning.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rate=20000 rounds=5 duration=5s build=1 variants_arg="N+hdr S S+log"
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rate) rate=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --variants) variants_arg=$2; shift 2 ;;
+    *) echo "usage: $0 [--rate R] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr S S+log X+log\"]" >&2; exit 2 ;;
+  esac
+done
+for tool in curl python3 taskset; do
+  command -v $tool >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
+done
+if [[ $build -eq 1 ]]; then
+  cargo build --release --bin scopegate --example noop_authz --example loadgen
+fi
+bin=target/release
+
+source scripts/lib/bench.sh
+bench_start cpu
+bench_pinning 1
+if [[ ${#pin_server[@]} -eq 0 ]]; then
+  echo "bench: needs two CPUs and taskset (server and load generator on their own CPUs)" >&2
+  exit 1
+fi
+
+wait_ready() { # variant port [admin]
+  local deadline=$((SECONDS + 30))
+  until if [[ -n ${3:-} ]]; then curl -sf "http://127.0.0.1:$3/readyz" | grep -q ready
+  else "$bin/examples/loadgen" --addr "http://127.0.0.1:$2" --requests 10 --warmup 0s --pool 1 \
+    --fresh-pct 0 --deny-pct 0 --any-answer >/dev/null 2>&1; fi; do
+    if ((SECONDS > deadline)); then echo "bench: $1 never became ready; see $work" >&2; exit 1; fi
+    sleep 0.1
+  done
+}
+
+read -r -a variants <<<"$variants_arg"
+declare -A port pid
+for v in "${variants[@]}"; do
+  p=$(free_port) admin=$(free_port) exe=$bin/scopegate mode=all
+  case $v in
+    N+hdr)
+      TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$p" \
+        --answer headers 2>"$work/${v/+/-}.log" &
+      pid[$v]=$! port[$v]=$p
+      pids+=("$!")
+      wait_ready "$v" "$p"
+      continue ;;
+    S) mode=off ;;
+    S+log) ;;
+    X+log)
+      exe=${SCOPEGATE_BENCH_ALT_BIN:-}
+      [[ -x $exe ]] || { echo "bench: X+log needs SCOPEGATE_BENCH_ALT_BIN=<another scopegate binary>" >&2; exit 2; } ;;
+    *) echo "bench: unknown variant $v" >&2; exit 2 ;;
+  esac
+  TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$exe" serve --rules examples/rules.yaml \
+    --listen "127.0.0.1:$p" --admin-listen "127.0.0.1:$admin" --decision-log "$mode" \
+    >"$work/${v/+/-}.log" 2>&1 &
+  pid[$v]=$! port[$v]=$p
+  pids+=("$!")
+  wait_ready "$v" "$p" "$admin"
+done
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+results="$work/results.tsv"
+echo "open loop at $rate checks/s, $duration per run, $rounds interleaved rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for ((r = 1; r <= rounds; r++)); do
+  for v in "${variants[@]}"; do
+    answers=()
+    [[ $v == N* ]] && answers=(--any-answer)
+    t0=$(cpu_ticks "${pid[$v]}")
+    out=$("${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:${port[$v]}" \
+      --rate "$rate" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
+      "${answers[@]}" 2>&1 | grep '^RESULT')
+    t1=$(cpu_ticks "${pid[$v]}")
+    # The warm-up's CPU is in the ticks too: divide by the checks of warm-up and run.
+    read -r rps p99 < <(sed -E 's/.* rps=([0-9.]+) .* p99_us=([0-9.]+) .*/\1 \2/' <<<"$out")
+    secs=${duration%s}
+    awk -v v="$v" -v r="$r" -v t=$((t1 - t0)) -v u="$tick_us" -v rps="$rps" -v rate="$rate" -v s="$secs" -v p99="$p99" \
+      'BEGIN { cpu = t * u / (rps * s + rate); printf "  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us\n", r, v, rps, p99, cpu; printf "%s\t%f\n", v, cpu > "/dev/stderr" }' 2>>"$results"
+  done
+done
+echo
+python3 - "$results" "${variants[@]}" <<'EOF'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+med = {}
+for v in sys.argv[2:]:
+    med[v] = statistics.median(float(r[1]) for r in rows if r[0] == v)
+    print(f"  {v:<6} median CPU/check {med[v]:6.2f} us")
+print()
+for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("X+log", "N+hdr"), ("S+log", "X+log")):
+    if a in med and b in med:
+        print(f"  {a} - {b}: {med[a] - med[b]:+.2f} us")
+EOF
+echo
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); scopegate: $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo ' + uncommitted changes in src/')"
