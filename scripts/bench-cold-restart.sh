@@ -260,5 +260,4 @@ if first:
 EOF
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-dirty=$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo " + uncommitted changes in src/")
-echo "scopegate: $(git rev-parse --short HEAD 2>/dev/null)$dirty (binaries built $(date -r "$bin/scopegate" '+%F %T'))"
+echo "scopegate: $(bench_build_id)"

@@ -12,7 +12,7 @@
 #   S+log  the same with the default decision log (every decision, to a file)
 #   X+log  as S+log with the binary at SCOPEGATE_BENCH_ALT_BIN (not in the default list)
 #
-#   scripts/bench-cpu.sh [--rate 20000] [--rounds 5] [--duration 5s] [--no-build]
+#   scripts/bench-cpu.sh [--rate 20000] [--rounds 5] [--duration 5s (whole seconds)] [--no-build]
 #                        [--variants "N+hdr S S+log"]
 #
 # Loopback only; every process it starts is stopped on exit. Needs two CPUs for the pinning.
@@ -30,15 +30,13 @@ while [[ $# -gt 0 ]]; do
     *) echo "usage: $0 [--rate R] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr S S+log X+log\"]" >&2; exit 2 ;;
   esac
 done
-for tool in curl python3 taskset; do
-  command -v $tool >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
-done
+source scripts/lib/bench.sh
+bench_require curl python3 taskset
+bench_alt_bin "$variants_arg"
 if [[ $build -eq 1 ]]; then
   cargo build --release --bin scopegate --example noop_authz --example loadgen
 fi
 bin=target/release
-
-source scripts/lib/bench.sh
 bench_start cpu
 bench_pinning 1
 if [[ ${#pin_server[@]} -eq 0 ]]; then
@@ -46,14 +44,9 @@ if [[ ${#pin_server[@]} -eq 0 ]]; then
   exit 1
 fi
 
-wait_ready() { # variant port [admin]
-  local deadline=$((SECONDS + 30))
-  until if [[ -n ${3:-} ]]; then curl -sf "http://127.0.0.1:$3/readyz" | grep -q ready
-  else "$bin/examples/loadgen" --addr "http://127.0.0.1:$2" --requests 10 --warmup 0s --pool 1 \
-    --fresh-pct 0 --deny-pct 0 --any-answer >/dev/null 2>&1; fi; do
-    if ((SECONDS > deadline)); then echo "bench: $1 never became ready; see $work" >&2; exit 1; fi
-    sleep 0.1
-  done
+answers_a_check() { # port
+  "$bin/examples/loadgen" --addr "http://127.0.0.1:$1" --requests 10 --warmup 0s --pool 1 \
+    --fresh-pct 0 --deny-pct 0 --any-answer
 }
 
 read -r -a variants <<<"$variants_arg"
@@ -66,13 +59,11 @@ for v in "${variants[@]}"; do
         --answer headers 2>"$work/${v/+/-}.log" &
       pid[$v]=$! port[$v]=$p
       pids+=("$!")
-      wait_ready "$v" "$p"
+      bench_wait_until "$v" 30 answers_a_check "$p"
       continue ;;
     S) mode=off ;;
     S+log) ;;
-    X+log)
-      exe=${SCOPEGATE_BENCH_ALT_BIN:-}
-      [[ -x $exe ]] || { echo "bench: X+log needs SCOPEGATE_BENCH_ALT_BIN=<another scopegate binary>" >&2; exit 2; } ;;
+    X+log) exe=$alt_bin ;;
     *) echo "bench: unknown variant $v" >&2; exit 2 ;;
   esac
   TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$exe" serve --rules examples/rules.yaml \
@@ -80,11 +71,9 @@ for v in "${variants[@]}"; do
     >"$work/${v/+/-}.log" 2>&1 &
   pid[$v]=$! port[$v]=$p
   pids+=("$!")
-  wait_ready "$v" "$p" "$admin"
+  bench_wait_until "$v" 30 http_has "http://127.0.0.1:$admin/readyz" ready
 done
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-tick_us=$((1000000 / $(getconf CLK_TCK)))
 results="$work/results.tsv"
 echo "open loop at $rate checks/s, $duration per run, $rounds interleaved rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
@@ -96,11 +85,12 @@ for ((r = 1; r <= rounds; r++)); do
       --rate "$rate" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
       "${answers[@]}" 2>&1 | grep '^RESULT')
     t1=$(cpu_ticks "${pid[$v]}")
-    # The warm-up's CPU is in the ticks too: divide by the checks of warm-up and run.
     read -r rps p99 < <(sed -E 's/.* rps=([0-9.]+) .* p99_us=([0-9.]+) .*/\1 \2/' <<<"$out")
-    secs=${duration%s}
-    awk -v v="$v" -v r="$r" -v t=$((t1 - t0)) -v u="$tick_us" -v rps="$rps" -v rate="$rate" -v s="$secs" -v p99="$p99" \
-      'BEGIN { cpu = t * u / (rps * s + rate); printf "  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us\n", r, v, rps, p99, cpu; printf "%s\t%f\n", v, cpu > "/dev/stderr" }' 2>>"$results"
+    # The 1 s warm-up's CPU is in the ticks too: divide by the checks of warm-up and run.
+    cpu=$(awk -v t=$((t1 - t0)) -v u="$tick_us" -v rps="$rps" -v rate="$rate" -v s="${duration%s}" \
+      'BEGIN { printf "%.2f", t * u / (rps * s + rate) }')
+    printf '  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us\n' "$r" "$v" "$rps" "$p99" "$cpu"
+    printf '%s\t%s\n' "$v" "$cpu" >>"$results"
   done
 done
 echo
@@ -117,4 +107,4 @@ for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("X+log", "N+hd
         print(f"  {a} - {b}: {med[a] - med[b]:+.2f} us")
 EOF
 echo
-echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); scopegate: $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo ' + uncommitted changes in src/')"
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); scopegate: $(bench_build_id)"

