@@ -5,7 +5,9 @@
 # around each run. The variants run interleaved, round after round, so drifts of a shared
 # machine hit all of them alike; medians are reported. At a fixed rate below saturation, CPU
 # per check is steadier than throughput through Envoy (scripts/bench-envoy.sh), whose rounds
-# swing by ±30 % on a noisy VM.
+# swing by ±30 % on a noisy VM. The log thread's share (scopegate-log: the decision log's
+# writes and its batch wake-ups) is shown on its own, as a thread's CPU is steadier than the
+# process's.
 #
 #   N+hdr  examples/noop_authz --answer headers (scopegate's allow answer, fixed values)
 #   S      scopegate serve --rules examples/rules.yaml --decision-log off
@@ -80,17 +82,19 @@ for ((r = 1; r <= rounds; r++)); do
   for v in "${variants[@]}"; do
     answers=()
     [[ $v == N* ]] && answers=(--any-answer)
-    t0=$(cpu_ticks "${pid[$v]}")
+    t0=$(cpu_ticks "${pid[$v]}") l0=$(thread_ticks "${pid[$v]}" scopegate-log)
     out=$("${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:${port[$v]}" \
       --rate "$rate" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
       "${answers[@]}" 2>&1 | grep '^RESULT')
-    t1=$(cpu_ticks "${pid[$v]}")
+    t1=$(cpu_ticks "${pid[$v]}") l1=$(thread_ticks "${pid[$v]}" scopegate-log)
     read -r rps p99 < <(sed -E 's/.* rps=([0-9.]+) .* p99_us=([0-9.]+) .*/\1 \2/' <<<"$out")
     # The 1 s warm-up's CPU is in the ticks too: divide by the checks of warm-up and run.
-    cpu=$(awk -v t=$((t1 - t0)) -v u="$tick_us" -v rps="$rps" -v rate="$rate" -v s="${duration%s}" \
-      'BEGIN { printf "%.2f", t * u / (rps * s + rate) }')
-    printf '  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us\n' "$r" "$v" "$rps" "$p99" "$cpu"
-    printf '%s\t%s\n' "$v" "$cpu" >>"$results"
+    read -r cpu log_cpu < <(awk -v t=$((t1 - t0)) -v l=$((l1 - l0)) -v u="$tick_us" -v rps="$rps" \
+      -v rate="$rate" -v s="${duration%s}" \
+      'BEGIN { n = rps * s + rate; printf "%.2f %.2f\n", t * u / n, l * u / n }')
+    printf '  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us  (log thread %5.2f)\n' \
+      "$r" "$v" "$rps" "$p99" "$cpu" "$log_cpu"
+    printf '%s\t%s\t%s\n' "$v" "$cpu" "$log_cpu" >>"$results"
   done
 done
 echo
@@ -100,7 +104,8 @@ rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 med = {}
 for v in sys.argv[2:]:
     med[v] = statistics.median(float(r[1]) for r in rows if r[0] == v)
-    print(f"  {v:<6} median CPU/check {med[v]:6.2f} us")
+    log = statistics.median(float(r[2]) for r in rows if r[0] == v)
+    print(f"  {v:<6} median CPU/check {med[v]:6.2f} us  (log thread {log:5.2f} us)")
 print()
 for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("X+log", "N+hdr"), ("S+log", "X+log")):
     if a in med and b in med:

@@ -66,14 +66,17 @@ impl ClaimsCache {
         }
     }
 
-    /// Claims cached for this token under the current issuer generation, not yet expired.
-    pub fn get(&self, key: &TokenDigest, verifier_generation: u64) -> Option<Arc<Claims>> {
+    /// Claims cached for this token under the current issuer generation, not expired at `now`
+    /// (unix seconds: the check's one reading of the clock).
+    pub fn get(
+        &self,
+        key: &TokenDigest,
+        verifier_generation: u64,
+        now: i64,
+    ) -> Option<Arc<Claims>> {
         let entry = self.inner.get(key)?;
-        let now_s = (unix_millis() / 1000) as i64;
         let keys_current = entry.stamp.as_ref().is_none_or(KeyStamp::is_current);
-        (entry.verifier_generation == verifier_generation
-            && keys_current
-            && entry.claims.exp > now_s)
+        (entry.verifier_generation == verifier_generation && keys_current && entry.claims.exp > now)
             .then_some(entry.claims)
     }
 
@@ -141,9 +144,9 @@ mod tests {
         let cache = ClaimsCache::new(100, Duration::from_secs(60));
         let key = digest("a.b.c");
         cache.insert(key, claims(now() + 600), 7);
-        assert!(cache.get(&key, 7).is_some());
-        assert!(cache.get(&key, 8).is_none());
-        assert!(cache.get(&digest("a.b.d"), 7).is_none());
+        assert!(cache.get(&key, 7, now()).is_some());
+        assert!(cache.get(&key, 8, now()).is_none());
+        assert!(cache.get(&digest("a.b.d"), 7, now()).is_none());
     }
 
     #[test]
@@ -151,7 +154,20 @@ mod tests {
         let cache = ClaimsCache::new(100, Duration::from_secs(60));
         let key = digest("t");
         cache.insert(key, claims(now() - 1), 1);
-        assert!(cache.get(&key, 1).is_none());
+        assert!(cache.get(&key, 1, now()).is_none());
+    }
+
+    #[test]
+    fn an_entry_is_not_served_from_its_exp_on_at_the_checks_time() {
+        let cache = ClaimsCache::new(100, Duration::from_secs(3600));
+        let key = digest("t");
+        let exp = now() + 600;
+        cache.insert(key, claims(exp), 1);
+        assert!(cache.get(&key, 1, exp - 1).is_some());
+        assert!(
+            cache.get(&key, 1, exp).is_none(),
+            "a token is expired at exp"
+        );
     }
 
     #[test]
@@ -159,6 +175,6 @@ mod tests {
         let cache = ClaimsCache::new(100, Duration::ZERO);
         let key = digest("t");
         cache.insert(key, claims(now() + 600), 1);
-        assert!(cache.get(&key, 1).is_none());
+        assert!(cache.get(&key, 1, now()).is_none());
     }
 }

@@ -9,13 +9,13 @@ mod resolve;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::authz::request::{access_token, RequestError};
 use crate::authz::{self, Credential, Decision, Denial, Request};
 use crate::cache::ClaimsCache;
 use crate::reason::Reason;
-use crate::store::{Snapshot, SnapshotStore};
+use crate::store::{unix_seconds_at, Snapshot, SnapshotStore};
 use crate::telemetry::{self, DecisionLogMode, DecisionRecord, Metrics};
 use crate::token::binding::{self, Presentation, Scheme};
 use crate::token::dpop::{DpopSettings, ReplayCache};
@@ -147,11 +147,15 @@ impl Checker {
     /// the credential needs an identity provider (see [`resolve`]).
     pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
+        // The check's one reading of the wall clock: expiry, revocation and lockdown are
+        // compared with it, and the decision log is stamped with it.
+        let decided_at = SystemTime::now();
+        let now = unix_seconds_at(decided_at);
         let snapshot = self.store.current_or_first(FIRST_SNAPSHOT_WAIT).await;
         let decision = match snapshot.as_deref() {
             // Fail closed: nothing has been loaded yet, nor within the wait.
             None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
-            Some(snapshot) => self.decide_in_passes(snapshot, input).await,
+            Some(snapshot) => self.decide_in_passes(snapshot, input, now).await,
         };
         let elapsed = started.elapsed();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
@@ -160,6 +164,7 @@ impl Checker {
         telemetry::log_decision(
             self.settings.decision_log,
             &DecisionRecord {
+                at: decided_at,
                 decision_id: &decision_id,
                 decision: &decision,
                 revision,
@@ -178,15 +183,20 @@ impl Checker {
     }
 
     /// One synchronous pass; a second one after the slow step, if the first asked for one.
-    async fn decide_in_passes(&self, snapshot: &Snapshot, input: &CheckInput<'_>) -> Decision {
+    async fn decide_in_passes(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        now: i64,
+    ) -> Decision {
         let first = Pass::default();
-        let decision = self.decide_or_fail_closed(snapshot, input, &first);
+        let decision = self.decide_or_fail_closed(snapshot, input, now, &first);
         let Some(step) = first.take_slow() else {
             return decision;
         };
         match resolve::resolve(self, snapshot, step).await {
             Ok(Found::Nothing) => decision,
-            Ok(found) => self.decide_or_fail_closed(snapshot, input, &Pass::after(found)),
+            Ok(found) => self.decide_or_fail_closed(snapshot, input, now, &Pass::after(found)),
             Err(()) => internal_error(),
         }
     }
@@ -198,23 +208,29 @@ impl Checker {
         &self,
         snapshot: &Snapshot,
         input: &CheckInput<'_>,
+        now: i64,
         pass: &Pass,
     ) -> Decision {
         let decided =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.decide(snapshot, input, pass)));
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.decide(snapshot, input, now, pass)));
         decided.unwrap_or_else(|_| internal_error())
     }
 
-    fn decide(&self, snapshot: &Snapshot, input: &CheckInput<'_>, pass: &Pass) -> Decision {
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        now: i64,
+        pass: &Pass,
+    ) -> Decision {
         if let Some(name) = input.override_header {
             // The upstream might serve another method or URL than the one decided here.
             return Decision::deny(Denial::invalid_request(&RequestError::OverrideHeader(name)));
         }
-        let request = match Request::new(input.host, input.method, input.path) {
+        let request = match Request::at(input.host, input.method, input.path, now) {
             Ok(request) => request,
             Err(e) => return Decision::deny(Denial::invalid_request(&e)),
         };
-        let now = request.now;
         let credential = || self.credential(snapshot, input, now, pass);
         let pinned_rule = input.context.and_then(|c| c.get(CONTEXT_RULE));
         let decision = match pinned_rule {
@@ -256,7 +272,7 @@ impl Checker {
             SingleHeader::One(proof) if !proof.contains(',') => Some(proof),
             SingleHeader::One(_) | SingleHeader::Malformed => return Credential::MalformedDpop,
         };
-        match self.verify_token(snapshot, token, pass) {
+        match self.verify_token(snapshot, token, pass, now) {
             // Plain bearer (the cached fast path): nothing to prove, nothing allocated.
             Credential::Valid(claims) if scheme == Scheme::Bearer && claims.cnf.is_none() => {
                 Credential::Valid(claims)

@@ -125,7 +125,13 @@ pub fn unix_millis() -> u64 {
 
 /// Unix seconds now (revocation and lockdown expiry are compared with it at check time).
 pub fn unix_seconds() -> i64 {
-    (unix_millis() / 1000) as i64
+    unix_seconds_at(SystemTime::now())
+}
+
+/// Unix seconds at `time` (0 before the epoch).
+pub fn unix_seconds_at(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64)
 }
 
 /// The current snapshot, swapped atomically, plus source health.

@@ -358,6 +358,8 @@ impl TlsMetrics {
 /// What one decision-log line carries (borrowed from the check; never the token).
 #[derive(Debug)]
 pub struct DecisionRecord<'a> {
+    /// When the check read the clock: the line's timestamp.
+    pub at: std::time::SystemTime,
     pub decision_id: &'a str,
     pub decision: &'a Decision,
     pub revision: Option<i64>,
@@ -384,7 +386,7 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
         Verdict::Deny(d) => ("deny", d.status as u16, None),
     };
     let line = DecisionLine {
-        timestamp: humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+        timestamp: humantime::format_rfc3339_micros(record.at),
         level: "INFO",
         message: "decision",
         target: DECISION_TARGET,

@@ -74,6 +74,17 @@ cpu_ticks() {
 }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
+# thread_ticks PID NAME: user+system CPU, in clock ticks, of the process's threads called NAME
+# (0 if it has none).
+thread_ticks() {
+  local task ticks=0
+  for task in /proc/"$1"/task/*; do
+    [[ $(cat "$task/comm" 2>/dev/null) == "$2" ]] || continue
+    ticks=$((ticks + $(awk '{ print $14 + $15 }' "$task/stat")))
+  done
+  echo "$ticks"
+}
+
 # bench_build_id: the commit the binaries in $bin were built from, as the summary line says it.
 bench_build_id() {
   local dirty

@@ -115,18 +115,24 @@ pub struct Request {
     pub method: String,
     /// Normalised path (no query), always starting with `/`, no trailing slash except root.
     pub path: String,
-    /// When the request is decided (unix seconds, read once in [`Request::new`]): revocation and
-    /// lockdown expiry are compared with it, so `decide()` itself reads no clock.
+    /// When the request is decided (unix seconds, read once per check): revocation and lockdown
+    /// expiry are compared with it, so `decide()` itself reads no clock.
     pub now: i64,
 }
 
 impl Request {
+    /// A request decided now.
     pub fn new(host: &str, method: &str, raw_path: &str) -> Result<Request, RequestError> {
+        Request::at(host, method, raw_path, crate::store::unix_seconds())
+    }
+
+    /// A request decided at `now` (unix seconds).
+    pub fn at(host: &str, method: &str, raw_path: &str, now: i64) -> Result<Request, RequestError> {
         Ok(Request {
             host: normalise_host(host)?,
             method: check_method(method)?,
             path: normalise_path(raw_path)?,
-            now: crate::store::unix_seconds(),
+            now,
         })
     }
 

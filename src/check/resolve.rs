@@ -105,9 +105,15 @@ pub(super) async fn resolve(
 
 impl Checker {
     /// The token's claims: the claims cache, else introspection (opaque tokens) or verification.
-    pub(super) fn verify_token(&self, snapshot: &Snapshot, token: &str, pass: &Pass) -> Credential {
+    pub(super) fn verify_token(
+        &self,
+        snapshot: &Snapshot,
+        token: &str,
+        pass: &Pass,
+        now: i64,
+    ) -> Credential {
         let key = cache::digest(token);
-        if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation) {
+        if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation, now) {
             self.metrics.check.cache_hits.inc();
             return Credential::Valid(claims);
         }

@@ -7,7 +7,7 @@
 //! on the request path plus a context switch, a spin and a `writev` on the writer thread:
 //! ~15 % of scopegate's CPU in a `perf` profile at 5,000 checks/s (docs/benchmarks-envoy.md).
 //! Here the thread, while lines flow, sleeps [`BATCH_INTERVAL`] between drains instead of
-//! parking (≤ 1,000 wake-ups and writes per second, whatever the rate); only after
+//! parking (≤ 50 wake-ups and writes per second, whatever the rate); only after
 //! [`IDLE_POLLS`] empty drains does it block on the channel, and then one line wakes it.
 //!
 //! Not lossy: the channel is bounded and a full channel blocks the sender (backpressure), as
@@ -23,9 +23,15 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 /// Time between drains while lines keep coming: the most a line waits before its `write(2)`.
-pub const BATCH_INTERVAL: Duration = Duration::from_millis(1);
-/// Empty drains in a row after which the thread blocks until the next line.
-pub const IDLE_POLLS: u32 = 20;
+/// Each drain is a timer wake-up and a context switch on a CPU the checks share, and on a VM
+/// they are dear: measured with `scripts/bench-cpu.sh` (the log thread's column) at 20,000
+/// checks/s on 2 vCPUs, the log thread cost 1.4–1.7 µs of CPU per check at 1 ms, 0.45–0.65 at
+/// 5 ms and 0.35–0.45 at 20 ms (the rest is the bytes' copy into the page cache). A reader of
+/// the log does not notice 20 ms (Envoy's access log flushes every second by default), and
+/// the guard writes what is queued at exit.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// Empty drains in a row after which the thread blocks until the next line (100 ms idle).
+pub const IDLE_POLLS: u32 = 5;
 /// Lines queued before senders wait (backpressure, never loss).
 const QUEUE_LINES: usize = 128 * 1024;
 /// Bytes gathered before a `write(2)`, whatever the batch interval.
