@@ -24,9 +24,9 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvErro
 
 /// Time between drains while lines keep coming: the most a line waits before its `write(2)`.
 /// Each drain is a timer wake-up and a context switch on a CPU the checks share, and on a VM
-/// they are dear: measured with `scripts/bench-cpu.sh` (the log thread's column) at 20,000
-/// checks/s on 2 vCPUs, the log thread cost 1.4–1.7 µs of CPU per check at 1 ms, 0.45–0.65 at
-/// 5 ms and 0.35–0.45 at 20 ms (the rest is the bytes' copy into the page cache). A reader of
+/// they are dear: with `scripts/bench-cpu.sh` (its log-thread column) at 20,000 checks/s on 2
+/// vCPUs, the log thread cost 1.08–1.33 µs of CPU per check at 1 ms and 0.25–0.33 µs at 20 ms
+/// (the rest is the bytes' copy into the page cache; docs/benchmarks-envoy.md). A reader of
 /// the log does not notice 20 ms (Envoy's access log flushes every second by default), and
 /// the guard writes what is queued at exit.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
