@@ -147,15 +147,17 @@ impl Checker {
     /// the credential needs an identity provider (see [`resolve`]).
     pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
-        // The check's one reading of the wall clock: expiry, revocation and lockdown are
-        // compared with it, and the decision log is stamped with it.
-        let decided_at = SystemTime::now();
-        let now = unix_seconds_at(decided_at);
         let snapshot = self.store.current_or_first(FIRST_SNAPSHOT_WAIT).await;
+        // The time the decision is judged at, read once per pass: expiry, revocation and
+        // lockdown are compared with it, and the decision log is stamped with it.
+        let mut decided_at = SystemTime::now();
         let decision = match snapshot.as_deref() {
             // Fail closed: nothing has been loaded yet, nor within the wait.
             None => Decision::deny(Denial::unavailable(Reason::NoSnapshot)),
-            Some(snapshot) => self.decide_in_passes(snapshot, input, now).await,
+            Some(snapshot) => {
+                self.decide_in_passes(snapshot, input, &mut decided_at)
+                    .await
+            }
         };
         let elapsed = started.elapsed();
         let decision_id = uuid::Uuid::new_v4().simple().to_string();
@@ -183,20 +185,26 @@ impl Checker {
     }
 
     /// One synchronous pass; a second one after the slow step, if the first asked for one.
+    /// `decided_at` is the first pass's time, and becomes the second's (read after the await).
     async fn decide_in_passes(
         &self,
         snapshot: &Snapshot,
         input: &CheckInput<'_>,
-        now: i64,
+        decided_at: &mut SystemTime,
     ) -> Decision {
         let first = Pass::default();
+        let now = unix_seconds_at(*decided_at);
         let decision = self.decide_or_fail_closed(snapshot, input, now, &first);
         let Some(step) = first.take_slow() else {
             return decision;
         };
         match resolve::resolve(self, snapshot, step).await {
             Ok(Found::Nothing) => decision,
-            Ok(found) => self.decide_or_fail_closed(snapshot, input, now, &Pass::after(found)),
+            Ok(found) => {
+                *decided_at = SystemTime::now();
+                let now = unix_seconds_at(*decided_at);
+                self.decide_or_fail_closed(snapshot, input, now, &Pass::after(found))
+            }
             Err(()) => internal_error(),
         }
     }

@@ -358,7 +358,7 @@ impl TlsMetrics {
 /// What one decision-log line carries (borrowed from the check; never the token).
 #[derive(Debug)]
 pub struct DecisionRecord<'a> {
-    /// When the check read the clock: the line's timestamp.
+    /// The time the decision was judged at: the line's timestamp.
     pub at: std::time::SystemTime,
     pub decision_id: &'a str,
     pub decision: &'a Decision,

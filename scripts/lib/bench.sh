@@ -70,7 +70,11 @@ bench_alt_bin() {
 # cpu_ticks PID: user+system CPU of a process in clock ticks (0 without a PID); tick_us: one
 # tick in microseconds.
 cpu_ticks() {
-  if [[ -n ${1:-} ]]; then awk '{ print $14 + $15 }' "/proc/$1/stat"; else echo 0; fi
+  if [[ -n ${1:-} ]]; then stat_ticks "/proc/$1/stat"; else echo 0; fi
+}
+# stat_ticks FILE: utime + stime from a /proc .../stat file.
+stat_ticks() {
+  awk '{ print $14 + $15 }' "$1"
 }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
@@ -80,7 +84,7 @@ thread_ticks() {
   local task ticks=0
   for task in /proc/"$1"/task/*; do
     [[ $(cat "$task/comm" 2>/dev/null) == "$2" ]] || continue
-    ticks=$((ticks + $(awk '{ print $14 + $15 }' "$task/stat")))
+    ticks=$((ticks + $(stat_ticks "$task/stat")))
   done
   echo "$ticks"
 }
