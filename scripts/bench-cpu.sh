@@ -94,7 +94,7 @@ for ((r = 1; r <= rounds; r++)); do
       'BEGIN { n = rps * s + rate; printf "%.2f %.2f\n", t * u / n, l * u / n }')
     printf '  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us  (log thread %5.2f)\n' \
       "$r" "$v" "$rps" "$p99" "$cpu" "$log_cpu"
-    printf '%s\t%s\t%s\n' "$v" "$cpu" "$log_cpu" >>"$results"
+    printf '%s\t%s\t%s\t%s\n' "$v" "$cpu" "$log_cpu" "$r" >>"$results"
   done
 done
 echo
@@ -107,9 +107,15 @@ for v in sys.argv[2:]:
     log = statistics.median(float(r[2]) for r in rows if r[0] == v)
     print(f"  {v:<6} median CPU/check {med[v]:6.2f} us  (log thread {log:5.2f} us)")
 print()
+# Also paired: the difference within each round (the two ran seconds apart, so a drift of the
+# host between rounds cancels), its median and range over the rounds.
+by_round = {(r[0], r[3]): float(r[1]) for r in rows}
+rounds = sorted({r[3] for r in rows}, key=int)
 for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("X+log", "N+hdr"), ("S+log", "X+log")):
     if a in med and b in med:
-        print(f"  {a} - {b}: {med[a] - med[b]:+.2f} us")
+        paired = [by_round[a, r] - by_round[b, r] for r in rounds]
+        print(f"  {a} - {b}: {med[a] - med[b]:+.2f} us  (paired median {statistics.median(paired):+.2f},"
+              f" rounds {min(paired):+.2f} to {max(paired):+.2f})")
 EOF
 echo
 echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); scopegate: $(bench_build_id)"

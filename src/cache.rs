@@ -41,7 +41,7 @@ impl Expiry<TokenDigest, Entry> for EntryExpiry {
 /// Bounded cache of verified claims.
 #[derive(Clone)]
 pub struct ClaimsCache {
-    inner: Cache<TokenDigest, Entry>,
+    inner: Cache<TokenDigest, Entry, crate::lookup::Hasher>,
     max_ttl: Duration,
 }
 
@@ -61,7 +61,7 @@ impl ClaimsCache {
             inner: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry)
-                .build(),
+                .build_with_hasher(crate::lookup::Hasher::default()),
             max_ttl,
         }
     }

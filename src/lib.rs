@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod grpc;
+pub mod lookup;
 pub mod readiness;
 pub mod reason;
 pub mod rules;

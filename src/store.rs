@@ -8,7 +8,7 @@ pub mod etcd;
 pub mod file;
 pub mod publish;
 
-use std::collections::HashMap;
+use crate::lookup::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,7 +2,9 @@
 //! others, transitively), compiled once per snapshot. Matching is exact string equality after
 //! expansion: never substring, prefix or case folding.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use crate::lookup::HashMap;
 
 use crate::rules::{Requirement, ScopeDef};
 
@@ -17,7 +19,7 @@ pub struct ScopeGraph {
 
 impl ScopeGraph {
     pub fn build(defs: &BTreeMap<String, ScopeDef>) -> ScopeGraph {
-        let mut canonical = HashMap::new();
+        let mut canonical = HashMap::default();
         for (name, def) in defs {
             for alias in &def.aliases {
                 // A defined scope name is never re-pointed by someone else's alias; the first
@@ -30,7 +32,7 @@ impl ScopeGraph {
             }
         }
         let canon = |s: &str| canonical.get(s).cloned().unwrap_or_else(|| s.to_string());
-        let mut closure = HashMap::new();
+        let mut closure = HashMap::default();
         for name in defs.keys() {
             let mut seen: HashSet<String> = HashSet::new();
             let mut stack = vec![name.clone()];

@@ -14,8 +14,8 @@
 //! [`CaseAmbiguity`] when the two readings pick different rules, so such a request is refused
 //! instead of being decided by a rule the upstream will not apply.
 
+use crate::lookup::HashMap;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::caseless;
@@ -281,7 +281,7 @@ where
             .collect()
     };
     type Place = (HostPattern, Vec<Option<Box<str>>>, bool);
-    let mut by_folded: HashMap<Place, Vec<&Route>> = HashMap::new();
+    let mut by_folded: HashMap<Place, Vec<&Route>> = HashMap::default();
     for route in routes {
         let key = (
             route.host.clone(),
