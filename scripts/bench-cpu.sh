@@ -14,8 +14,11 @@
 #   S+log  the same with the default decision log (every decision, to a file)
 #   X+log  as S+log with the binary at SCOPEGATE_BENCH_ALT_BIN (not in the default list)
 #
-#   scripts/bench-cpu.sh [--rate 20000] [--rounds 5] [--duration 5s (whole seconds)] [--no-build]
-#                        [--variants "N+hdr S S+log"]
+#   scripts/bench-cpu.sh [--rate 20000 | --closed] [--rounds 5] [--duration 5s (whole seconds)]
+#                        [--no-build] [--variants "N+hdr S S+log"]
+#
+# --closed: closed loop instead (32 in flight), so each server runs saturated on its CPU: no
+# idle wake-ups in the figure, but the client's own pace still shows in the server's kernel time.
 #
 # Loopback only; every process it starts is stopped on exit. Needs two CPUs for the pinning.
 set -euo pipefail
@@ -25,11 +28,12 @@ rate=20000 rounds=5 duration=5s build=1 variants_arg="N+hdr S S+log"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rate) rate=$2; shift 2 ;;
+    --closed) rate=closed; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --variants) variants_arg=$2; shift 2 ;;
-    *) echo "usage: $0 [--rate R] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr S S+log X+log\"]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--rate R | --closed] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr S S+log X+log\"]" >&2; exit 2 ;;
   esac
 done
 source scripts/lib/bench.sh
@@ -77,21 +81,26 @@ for v in "${variants[@]}"; do
 done
 
 results="$work/results.tsv"
-echo "open loop at $rate checks/s, $duration per run, $rounds interleaved rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+load="open loop at $rate checks/s" load_args=(--rate "$rate")
+[[ $rate == closed ]] && load="closed loop, 32 in flight" load_args=()
+echo "$load, $duration per run, $rounds interleaved rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
   for v in "${variants[@]}"; do
     answers=()
     [[ $v == N* ]] && answers=(--any-answer)
     t0=$(cpu_ticks "${pid[$v]}") l0=$(thread_ticks "${pid[$v]}" scopegate-log)
     out=$("${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:${port[$v]}" \
-      --rate "$rate" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
+      "${load_args[@]}" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
       "${answers[@]}" 2>&1 | grep '^RESULT')
     t1=$(cpu_ticks "${pid[$v]}") l1=$(thread_ticks "${pid[$v]}" scopegate-log)
     read -r rps p99 < <(sed -E 's/.* rps=([0-9.]+) .* p99_us=([0-9.]+) .*/\1 \2/' <<<"$out")
-    # The 1 s warm-up's CPU is in the ticks too: divide by the checks of warm-up and run.
+    # The 1 s warm-up's CPU is in the ticks too: divide by the checks of warm-up and run (closed
+    # loop: the warm-up ran at the run's rate).
+    warm=$rate
+    [[ $rate == closed ]] && warm=$rps
     read -r cpu log_cpu < <(awk -v t=$((t1 - t0)) -v l=$((l1 - l0)) -v u="$tick_us" -v rps="$rps" \
-      -v rate="$rate" -v s="${duration%s}" \
-      'BEGIN { n = rps * s + rate; printf "%.2f %.2f\n", t * u / n, l * u / n }')
+      -v warm="$warm" -v s="${duration%s}" \
+      'BEGIN { n = rps * s + warm; printf "%.2f %.2f\n", t * u / n, l * u / n }')
     printf '  round %d  %-6s %7.0f checks/s  p99 %7.0f us  CPU/check %6.2f us  (log thread %5.2f)\n' \
       "$r" "$v" "$rps" "$p99" "$cpu" "$log_cpu"
     printf '%s\t%s\t%s\t%s\n' "$v" "$cpu" "$log_cpu" "$r" >>"$results"
