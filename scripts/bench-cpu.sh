@@ -24,11 +24,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rate=20000 rounds=5 duration=5s build=1 variants_arg="N+hdr S S+log"
+rate=20000 closed=0 rounds=5 duration=5s build=1 variants_arg="N+hdr S S+log"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rate) rate=$2; shift 2 ;;
-    --closed) rate=closed; shift ;;
+    --closed) closed=1; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -82,7 +82,7 @@ done
 
 results="$work/results.tsv"
 load="open loop at $rate checks/s" load_args=(--rate "$rate")
-[[ $rate == closed ]] && load="closed loop, 32 in flight" load_args=()
+((closed)) && load="closed loop, 32 in flight" load_args=()
 echo "$load, $duration per run, $rounds interleaved rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
   for v in "${variants[@]}"; do
@@ -97,7 +97,7 @@ for ((r = 1; r <= rounds; r++)); do
     # The 1 s warm-up's CPU is in the ticks too: divide by the checks of warm-up and run (closed
     # loop: the warm-up ran at the run's rate).
     warm=$rate
-    [[ $rate == closed ]] && warm=$rps
+    ((closed)) && warm=$rps
     read -r cpu log_cpu < <(awk -v t=$((t1 - t0)) -v l=$((l1 - l0)) -v u="$tick_us" -v rps="$rps" \
       -v warm="$warm" -v s="${duration%s}" \
       'BEGIN { n = rps * s + warm; printf "%.2f %.2f\n", t * u / n, l * u / n }')
