@@ -4,7 +4,10 @@
 //! bound, then count and log the decision. [`resolve`]: the steps that wait on an identity
 //! provider (kid-miss refetch, introspection), run between two synchronous passes.
 
+mod decision_id;
 mod resolve;
+
+pub use decision_id::DecisionId;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -105,7 +108,7 @@ pub struct CheckInput<'a> {
 #[derive(Debug, Clone)]
 pub struct CheckOutcome {
     pub decision: Decision,
-    pub decision_id: String,
+    pub decision_id: DecisionId,
     pub revision: Option<i64>,
 }
 
@@ -160,7 +163,7 @@ impl Checker {
             }
         };
         let elapsed = started.elapsed();
-        let decision_id = uuid::Uuid::new_v4().simple().to_string();
+        let decision_id = DecisionId::random();
         let revision = snapshot.as_ref().map(|s| s.revision);
         self.metrics.record(&decision, elapsed);
         telemetry::log_decision(

@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::authz::request::OVERRIDE_HEADERS;
 use crate::authz::{Decision, Denial, DenyStatus, Verdict};
-use crate::check::{CheckInput, CheckOutcome, Checker, SingleHeader};
+use crate::check::{CheckInput, CheckOutcome, Checker, DecisionId, SingleHeader};
 use crate::reason::Reason;
 
 /// Realm in `WWW-Authenticate` challenges.
@@ -176,7 +176,7 @@ fn single_header<'a>(http: &'a HttpRequest, name: &str) -> SingleHeader<'a> {
 
 fn denied_without_http(settings: &ResponseSettings) -> CheckResponse {
     // Not a decision of the checker (nothing to log there): the id ties the answer to this line.
-    let decision_id = uuid::Uuid::new_v4().simple().to_string();
+    let decision_id = DecisionId::random();
     tracing::warn!(%decision_id, "CheckRequest without HTTP attributes refused");
     let mut response = CheckResponse::with_status(Status::invalid_argument(
         "scopegate authorizes HTTP requests only",

@@ -22,6 +22,7 @@ use strum::IntoEnumIterator;
 use tracing_subscriber::EnvFilter;
 
 use crate::authz::{Decision, Verdict};
+use crate::check::DecisionId;
 use crate::reason::Reason;
 
 /// Log output format.
@@ -360,7 +361,7 @@ impl TlsMetrics {
 pub struct DecisionRecord<'a> {
     /// The time the decision was judged at: the line's timestamp.
     pub at: std::time::SystemTime,
-    pub decision_id: &'a str,
+    pub decision_id: &'a DecisionId,
     pub decision: &'a Decision,
     pub revision: Option<i64>,
     pub host: &'a str,
@@ -387,9 +388,6 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
     };
     let line = DecisionLine {
         timestamp: humantime::format_rfc3339_micros(record.at),
-        level: "INFO",
-        message: "decision",
-        target: DECISION_TARGET,
         decision_id: record.decision_id,
         decision: verdict,
         status,
@@ -415,17 +413,18 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
 
 const DECISION_TARGET: &str = "scopegate::decision";
 
-/// One decision-log line (borrowed; never the token). Absent values are left out, as tracing
-/// leaves out `None` fields. Written by [`DecisionLine::write_json`]; the serde derive is the
-/// reference the tests hold that writer to, byte for byte.
+/// One decision-log line (borrowed; never the token), in the shape of a tracing JSON event:
+/// `timestamp`, `level` (INFO), `message` (decision), `target` ([`DECISION_TARGET`]), then
+/// these fields. Absent values are left out, as tracing leaves out `None` fields. Written by
+/// [`DecisionLine::write_json`]; the tests hold it, byte for byte, to serde_json's
+/// serialisation of the same fields (this derive, under the constant ones).
 #[cfg_attr(test, derive(serde::Serialize))]
 struct DecisionLine<'a> {
-    #[cfg_attr(test, serde(serialize_with = "serialize_display"))]
+    #[cfg_attr(test, serde(skip))]
     timestamp: humantime::Rfc3339Timestamp,
-    level: &'static str,
-    message: &'static str,
-    target: &'static str,
-    decision_id: &'a str,
+    #[cfg_attr(test, serde(serialize_with = "serialize_display"))]
+    decision_id: &'a DecisionId,
+    /// `allow` or `deny`.
     decision: &'static str,
     status: u16,
     reason: &'static str,
@@ -465,16 +464,16 @@ impl DecisionLine<'_> {
         out.extend_from_slice(b"{\"timestamp\":\"");
         // RFC 3339 digits and `-:.TZ`: nothing to escape. Writing to a Vec cannot fail.
         let _ = write!(out, "{}", self.timestamp);
+        // The constant fields, and values that never need escaping: hex digits (the id), and
+        // the snake_case names of a closed set (`decision`, reasons; a unit test checks them).
+        out.extend_from_slice(LINE_CONSTANTS.as_bytes());
+        out.extend_from_slice(self.decision_id.as_bytes());
         out.push(b'"');
-        json_string(out, b"level", self.level);
-        json_string(out, b"message", self.message);
-        json_string(out, b"target", self.target);
-        json_string(out, b"decision_id", self.decision_id);
-        json_string(out, b"decision", self.decision);
+        json_plain(out, b"decision", self.decision);
         json_number(out, b"status", self.status);
-        json_string(out, b"reason", self.reason);
+        json_plain(out, b"reason", self.reason);
         if let Some(would_deny) = self.would_deny {
-            json_string(out, b"would_deny", would_deny);
+            json_plain(out, b"would_deny", would_deny);
         }
         if let Some(rule_id) = self.rule_id {
             json_string(out, b"rule_id", rule_id);
@@ -496,11 +495,28 @@ impl DecisionLine<'_> {
     }
 }
 
+/// What follows the timestamp's digits up to the decision id's: the end of the timestamp, the
+/// tracing event's constant fields and the id's key.
+const LINE_CONSTANTS: &str = concat!(
+    "\",\"level\":\"INFO\",\"message\":\"decision\",\"target\":\"",
+    "scopegate::decision",
+    "\",\"decision_id\":\""
+);
+
 /// `,"key":` (every key is a literal of this module: nothing to escape).
 fn json_key(out: &mut Vec<u8>, key: &[u8]) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key);
     out.extend_from_slice(b"\":");
+}
+
+/// `,"key":"value"` for a value with nothing to escape (a `&'static str` of this crate's
+/// closed sets).
+fn json_plain(out: &mut Vec<u8>, key: &[u8], value: &'static str) {
+    json_key(out, key);
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 /// `,"key":"value"`, the value escaped as serde_json escapes it (control characters, the
@@ -539,7 +555,7 @@ fn write_json_line(writer: &LogWriter, line: &DecisionLine<'_>) {
 fn log_through_tracing(line: &DecisionLine<'_>) {
     tracing::info!(
         target: DECISION_TARGET,
-        decision_id = line.decision_id,
+        decision_id = line.decision_id.as_str(),
         decision = line.decision,
         status = line.status,
         reason = line.reason,
@@ -562,12 +578,10 @@ mod tests {
 
     #[test]
     fn a_decision_line_is_one_json_object_with_the_tracing_shape() {
+        let id = DecisionId::random();
         let line = DecisionLine {
             timestamp: humantime::format_rfc3339_micros(std::time::SystemTime::UNIX_EPOCH),
-            level: "INFO",
-            message: "decision",
-            target: DECISION_TARGET,
-            decision_id: "abc",
+            decision_id: &id,
             decision: "deny",
             status: 403,
             reason: "insufficient_scope",
@@ -587,7 +601,15 @@ mod tests {
         assert!(!text.contains('\n'), "one line: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000Z");
-        assert_eq!(v["target"], "scopegate::decision");
+        assert_eq!(
+            (&v["level"], &v["message"], &v["target"]),
+            (
+                &"INFO".into(),
+                &"decision".into(),
+                &"scopegate::decision".into()
+            )
+        );
+        assert_eq!(v["decision_id"], id.as_str());
         assert_eq!(v["client_id"], "web \"quoted\"\n");
         assert_eq!(v["rule_id"], "orders-read");
         assert!(v.get("subject").is_none() && v.get("would_deny").is_none());
@@ -595,6 +617,29 @@ mod tests {
             (v["status"].as_u64(), v["revision"].as_i64()),
             (Some(403), Some(7))
         );
+    }
+
+    /// The reference a written line is held to: the tracing JSON event's shape, serialised by
+    /// serde_json.
+    #[derive(serde::Serialize)]
+    struct ReferenceLine<'a> {
+        #[serde(serialize_with = "serialize_display")]
+        timestamp: humantime::Rfc3339Timestamp,
+        level: &'static str,
+        message: &'static str,
+        target: &'static str,
+        #[serde(flatten)]
+        fields: &'a DecisionLine<'a>,
+    }
+
+    /// The values written without escaping: a decision, every reason.
+    #[test]
+    fn the_closed_sets_need_no_escaping() {
+        let plain = |s: &str| serde_json::to_string(s).unwrap() == format!("\"{s}\"");
+        assert!(["allow", "deny", DECISION_TARGET].into_iter().all(plain));
+        for reason in Reason::iter() {
+            assert!(plain(reason.as_str()), "{reason:?}");
+        }
     }
 
     /// Strings with everything JSON must escape, and what it must not (UTF-8, DEL).
@@ -617,7 +662,8 @@ mod tests {
         fn the_written_line_is_serde_jsons_line(
             seconds in 0u64..4_000_000_000,
             micros in 0u32..1_000_000,
-            strings in proptest::collection::vec(text(), 7),
+            id in proptest::prelude::any::<u128>(),
+            strings in proptest::collection::vec(text(), 6),
             present in proptest::collection::vec(proptest::prelude::any::<bool>(), 5),
             reason in proptest::sample::select(Reason::iter().collect::<Vec<_>>()),
             numbers in (proptest::prelude::any::<u16>(), proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>()),
@@ -625,28 +671,33 @@ mod tests {
             let time = std::time::UNIX_EPOCH
                 + Duration::from_secs(seconds)
                 + Duration::from_micros(u64::from(micros));
+            let id = DecisionId::from(uuid::Uuid::from_u128(id));
             let line = DecisionLine {
                 timestamp: humantime::format_rfc3339_micros(time),
-                level: "INFO",
-                message: "decision",
-                target: DECISION_TARGET,
-                decision_id: &strings[0],
+                decision_id: &id,
                 decision: if reason.is_allow() { "allow" } else { "deny" },
                 status: numbers.0,
                 reason: reason.as_str(),
                 would_deny: present[0].then_some(reason.as_str()),
-                rule_id: present[1].then_some(strings[1].as_str()),
+                rule_id: present[1].then_some(strings[0].as_str()),
                 revision: present[2].then_some(numbers.1),
-                subject: present[3].then_some(strings[2].as_str()),
-                client_id: present[4].then_some(strings[3].as_str()),
-                host: &strings[4],
-                method: &strings[5],
-                path: &strings[6],
+                subject: present[3].then_some(strings[1].as_str()),
+                client_id: present[4].then_some(strings[2].as_str()),
+                host: &strings[3],
+                method: &strings[4],
+                path: &strings[5],
                 latency_us: numbers.2,
             };
             let mut written = Vec::new();
             line.write_json(&mut written);
-            let reference = serde_json::to_vec(&line).unwrap();
+            let reference = serde_json::to_vec(&ReferenceLine {
+                timestamp: humantime::format_rfc3339_micros(time),
+                level: "INFO",
+                message: "decision",
+                target: DECISION_TARGET,
+                fields: &line,
+            })
+            .unwrap();
             proptest::prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(reference).unwrap());
         }
     }
