@@ -14,6 +14,8 @@
 #          as a list, `header_map`, instead of a map)
 #   S      Envoy + ext_authz (gRPC) -> scopegate, --decision-log off
 #   S+log  Envoy + ext_authz (gRPC) -> scopegate, default decision log (every decision, to a file)
+#   S1+log (optional) as S+log with --worker-threads 1: what the Helm chart's default deployment
+#          runs (its CPU limit of 1 gives one runtime worker)
 #   X+log  as S+log, with the scopegate binary at SCOPEGATE_BENCH_ALT_BIN (not in the default
 #          list): two builds side by side in one run
 # Every Envoy runs with --concurrency 1 and answers with a direct_response (no upstream process
@@ -44,7 +46,7 @@ while [[ $# -gt 0 ]]; do
     --no-loadgen) loadgen=0; shift ;;
     --no-pin) pin=0; shift ;;
     --variants) variants_arg=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen] [--no-pin] [--variants \"A B0 B N N+hdr N+md N+ans S S+log X+log\"]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--rounds N] [--duration 10s] [--warmup 3s] [--connections N] [--rate R] [--no-build] [--no-loadgen] [--no-pin] [--variants \"A B0 B N N+hdr N+md N+ans S S+log S1+log X+log\"]" >&2; exit 2 ;;
   esac
 done
 
@@ -82,11 +84,12 @@ for answer in none headers metadata both; do
   noop_port_of[$answer]=$noop_port noop_pid_of[$answer]=$noop_pid
 done
 
-start_scopegate() { # name decision-log-mode [binary] -> sets sg_port
+start_scopegate() { # name decision-log-mode [binary [serve options]] -> sets sg_port
   local name=$1 mode=$2 exe=${3:-$bin/scopegate} admin
+  shift $(($# < 3 ? $# : 3))
   sg_port=$(free_port) admin=$(free_port)
   "$exe" serve --rules examples/rules.yaml --listen "127.0.0.1:$sg_port" \
-    --admin-listen "127.0.0.1:$admin" --decision-log "$mode" >"$work/$name.log" 2>&1 &
+    --admin-listen "127.0.0.1:$admin" --decision-log "$mode" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   sg_pid=$!
   wait_http "http://127.0.0.1:$admin/readyz" ready
@@ -101,6 +104,11 @@ sg_alt_port="" sg_alt_pid=""
 if [[ -n $alt_bin ]]; then
   start_scopegate scopegate-alt all "$alt_bin"
   sg_alt_port=$sg_port sg_alt_pid=$sg_pid
+fi
+sg_one_port="" sg_one_pid=""
+if [[ " $variants_arg " == *" S1+log "* ]]; then
+  start_scopegate scopegate-1w all "$bin/scopegate" --worker-threads 1
+  sg_one_port=$sg_port sg_one_pid=$sg_pid
 fi
 
 # --- Envoy configurations -------------------------------------------------------------------
@@ -232,7 +240,7 @@ EOF
 read -r -a variants <<<"$variants_arg"
 declare -A port envoy_pid
 declare -A authz_pid=([N]=${noop_pid_of[none]} [N+hdr]=${noop_pid_of[headers]} [N+md]=${noop_pid_of[metadata]}
-  [N+ans]=${noop_pid_of[both]} [S]=$sg_off_pid [S+log]=$sg_all_pid [X+log]=$sg_alt_pid [N+raw]=${noop_pid_of[none]} [S+raw]=$sg_all_pid)
+  [N+ans]=${noop_pid_of[both]} [S]=$sg_off_pid [S+log]=$sg_all_pid [S1+log]=$sg_one_pid [X+log]=$sg_alt_pid [N+raw]=${noop_pid_of[none]} [S+raw]=$sg_all_pid)
 start_envoy() { # variant filters clusters
   local v=$1 listen admin file
   listen=$(free_port) admin=$(free_port) file="$work/envoy-${v/+/-}.yaml"
@@ -256,6 +264,7 @@ for v in "${variants[@]}"; do
     S) start_envoy S "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_off_port")" ;;
     S+log) start_envoy S+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_all_port")" ;;
     N+raw) start_envoy N+raw "$(ext_authz_filter noop raw)" "$(grpc_cluster noop "${noop_port_of[none]}")" ;;
+    S1+log) start_envoy S1+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_one_port")" ;;
     X+log) start_envoy X+log "$(ext_authz_filter scopegate)" "$(grpc_cluster scopegate "$sg_alt_port")" ;;
     S+raw) start_envoy S+raw "$(ext_authz_filter scopegate raw)" "$(grpc_cluster scopegate "$sg_all_port")" ;;
     *) echo "bench: unknown variant $v" >&2; exit 2 ;;
@@ -322,7 +331,7 @@ echo "median over $rounds rounds:"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-order = ["A", "B0", "B", "N", "N+hdr", "N+md", "N+ans", "N+raw", "S", "S+log", "X+log", "S+raw"]
+order = ["A", "B0", "B", "N", "N+hdr", "N+md", "N+ans", "N+raw", "S", "S+log", "S1+log", "X+log", "S+raw"]
 med = {}
 for v in order:
     rs = [r for r in rows if r[0] == v]
@@ -335,8 +344,8 @@ for v in order:
 print()
 # scopegate against every baseline; S+raw also against S+log; each no-op answer against N.
 baselines = ("N", "N+hdr", "N+ans", "B0", "B", "A")
-pairs = [(s, b) for s in ("S", "S+log", "X+log", "S+raw") for b in baselines]
-pairs += [("S+raw", "S+log"), ("S+log", "X+log")] + [(n, "N") for n in ("N+hdr", "N+md", "N+ans", "N+raw")]
+pairs = [(s, b) for s in ("S", "S+log", "S1+log", "X+log", "S+raw") for b in baselines]
+pairs += [("S+raw", "S+log"), ("S1+log", "S+log"), ("S+log", "X+log")] + [(n, "N") for n in ("N+hdr", "N+md", "N+ans", "N+raw")]
 for s, base in pairs:
     if s not in med or base not in med or s == base:
         continue
