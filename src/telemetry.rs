@@ -469,28 +469,28 @@ impl DecisionLine<'_> {
         out.extend_from_slice(LINE_CONSTANTS.as_bytes());
         out.extend_from_slice(self.decision_id.as_bytes());
         out.push(b'"');
-        json_plain(out, b"decision", self.decision);
-        json_number(out, b"status", self.status);
-        json_plain(out, b"reason", self.reason);
+        json_plain(out, key!("decision"), self.decision);
+        json_number(out, key!("status"), self.status);
+        json_plain(out, key!("reason"), self.reason);
         if let Some(would_deny) = self.would_deny {
-            json_plain(out, b"would_deny", would_deny);
+            json_plain(out, key!("would_deny"), would_deny);
         }
         if let Some(rule_id) = self.rule_id {
-            json_string(out, b"rule_id", rule_id);
+            json_string(out, key!("rule_id"), rule_id);
         }
         if let Some(revision) = self.revision {
-            json_number(out, b"revision", revision);
+            json_number(out, key!("revision"), revision);
         }
         if let Some(subject) = self.subject {
-            json_string(out, b"subject", subject);
+            json_string(out, key!("subject"), subject);
         }
         if let Some(client_id) = self.client_id {
-            json_string(out, b"client_id", client_id);
+            json_string(out, key!("client_id"), client_id);
         }
-        json_string(out, b"host", self.host);
-        json_string(out, b"method", self.method);
-        json_string(out, b"path", self.path);
-        json_number(out, b"latency_us", self.latency_us);
+        json_string(out, key!("host"), self.host);
+        json_string(out, key!("method"), self.method);
+        json_string(out, key!("path"), self.path);
+        json_number(out, key!("latency_us"), self.latency_us);
         out.push(b'}');
     }
 }
@@ -503,17 +503,18 @@ const LINE_CONSTANTS: &str = concat!(
     "\",\"decision_id\":\""
 );
 
-/// `,"key":` (every key is a literal of this module: nothing to escape).
-fn json_key(out: &mut Vec<u8>, key: &[u8]) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(key);
-    out.extend_from_slice(b"\":");
+/// `,"key":` as one literal (every key is a literal of this module: nothing to escape).
+macro_rules! key {
+    ($key:literal) => {
+        concat!(",\"", $key, "\":").as_bytes()
+    };
 }
+use key;
 
 /// `,"key":"value"` for a value with nothing to escape (a `&'static str` of this crate's
 /// closed sets).
 fn json_plain(out: &mut Vec<u8>, key: &[u8], value: &'static str) {
-    json_key(out, key);
+    out.extend_from_slice(key);
     out.push(b'"');
     out.extend_from_slice(value.as_bytes());
     out.push(b'"');
@@ -522,7 +523,7 @@ fn json_plain(out: &mut Vec<u8>, key: &[u8], value: &'static str) {
 /// `,"key":"value"`, the value escaped as serde_json escapes it (control characters, the
 /// quote and the backslash; everything else, UTF-8 included, as it is).
 fn json_string(out: &mut Vec<u8>, key: &[u8], value: &str) {
-    json_key(out, key);
+    out.extend_from_slice(key);
     // No early exit: the whole value is read either way, and the loop vectorises.
     let plain = value.bytes().fold(true, |plain, b| {
         plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
@@ -539,7 +540,7 @@ fn json_string(out: &mut Vec<u8>, key: &[u8], value: &str) {
 
 /// `,"key":number`.
 fn json_number(out: &mut Vec<u8>, key: &[u8], value: impl serde::Serialize) {
-    json_key(out, key);
+    out.extend_from_slice(key);
     let _ = serde_json::to_writer(&mut *out, &value);
 }
 
