@@ -3,6 +3,7 @@
 //! request, the binding it carries (client certificate, DPoP proof), decide, apply the staleness
 //! bound, then count and log the decision. [`resolve`]: the steps that wait on an identity
 //! provider (kid-miss refetch, introspection), run between two synchronous passes.
+//! [`DecisionId`]: the id that ties a decision's answer and its log line together.
 
 mod decision_id;
 mod resolve;
