@@ -411,7 +411,14 @@ pub fn log_decision(mode: DecisionLogMode, record: &DecisionRecord<'_>) {
     }
 }
 
-const DECISION_TARGET: &str = "scopegate::decision";
+/// The decision log's tracing target, as a literal that `concat!` can take ([`LINE_CONSTANTS`]).
+macro_rules! decision_target {
+    () => {
+        "scopegate::decision"
+    };
+}
+
+const DECISION_TARGET: &str = decision_target!();
 
 /// One decision-log line (borrowed; never the token), in the shape of a tracing JSON event:
 /// `timestamp`, `level` (INFO), `message` (decision), `target` ([`DECISION_TARGET`]), then
@@ -499,7 +506,7 @@ impl DecisionLine<'_> {
 /// tracing event's constant fields and the id's key.
 const LINE_CONSTANTS: &str = concat!(
     "\",\"level\":\"INFO\",\"message\":\"decision\",\"target\":\"",
-    "scopegate::decision",
+    decision_target!(),
     "\",\"decision_id\":\""
 );
 
