@@ -1,7 +1,8 @@
 //! Property tests for every parser on the decision path and in rule loading: the bearer parser,
-//! JWT verification on arbitrary bytes, and every rule/issuer JSON value. None may panic; the
-//! bearer parser agrees with a straightforward reading of RFC 6750 §2.1; a rejected rule value
-//! names the field that is wrong. Bounded here (PROPTEST_CASES raises it for a longer run, see
+//! the host normaliser, JWT verification on arbitrary bytes, and every rule/issuer JSON value.
+//! None may panic; the bearer parser agrees with a straightforward reading of RFC 6750 §2.1;
+//! every host scopegate accepts is read the same by the `http` crate's authority parser (what
+//! hyper-based upstreams use); a rejected rule value names the field that is wrong. Bounded here (PROPTEST_CASES raises it for a longer run, see
 //! docs/benchmarks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -10,7 +11,7 @@ mod support;
 use std::path::Path;
 
 use proptest::prelude::*;
-use scopegate::authz::request::bearer_token;
+use scopegate::authz::request::{bearer_token, normalise_host};
 use scopegate::rules::document::parse_document;
 use scopegate::rules::{Entry, EntryKind, ParseContext};
 use scopegate::store::Snapshot;
@@ -88,6 +89,41 @@ fn valid_route() -> Value {
            "require": {"all": ["orders:read"]}, "mode": "enforce"})
 }
 
+/// The `http` crate's reading of an authority: its host, lower-cased, without one trailing dot
+/// (DNS names are case-insensitive and `name.` is `name`). `None`: it refuses the authority.
+fn reference_host(raw: &str) -> Option<String> {
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None; // userinfo: not a Host header
+    }
+    let host = authority.host();
+    Some(host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase())
+}
+
+/// Hosts in the shapes scopegate accepts: names of labels (IPv4 among them), IPv6 literals,
+/// with or without a port and a trailing dot.
+fn well_formed_host() -> impl Strategy<Value = String> {
+    let label = "[A-Za-z0-9_-]{1,12}";
+    let name = prop::collection::vec(label, 1..5).prop_map(|labels| labels.join("."));
+    let literal = "[0-9a-fA-F:.]{1,20}".prop_map(|inside| format!("[{inside}]"));
+    (
+        prop_oneof![name.clone(), literal],
+        prop::sample::select(vec!["", "."]),
+        prop::option::of(0u32..100_000),
+    )
+        .prop_map(|(host, dot, port)| {
+            let host = if host.starts_with('[') {
+                host
+            } else {
+                format!("{host}{dot}")
+            };
+            match port {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+}
+
 /// The number of cases: `PROPTEST_CASES` for a longer run, else the bounded default.
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -108,6 +144,33 @@ proptest! {
             Some(Ok(token)) => prop_assert_eq!(ours, Ok(Some(token.as_str()))),
             Some(Err(())) => prop_assert!(ours.is_err(), "{:?} accepted as {:?}", header, ours),
         }
+    }
+
+    #[test]
+    fn accepted_hosts_are_read_the_same_by_the_http_crate(
+        raw in prop_oneof![
+            well_formed_host(),
+            "[A-Za-z0-9.:\\[\\]@%_ -]{0,24}",
+            any::<String>(),
+        ]
+    ) {
+        if let Ok(ours) = normalise_host(&raw) {
+            prop_assert_eq!(Some(ours.clone()), reference_host(&raw), "{:?}", raw);
+            prop_assert_eq!(normalise_host(&ours), Ok(ours.clone()), "idempotent");
+            prop_assert!(!ours.starts_with('.') && !ours.contains(".."), "{:?}", ours);
+        }
+    }
+
+    #[test]
+    fn host_names_with_valid_ports_are_accepted(
+        labels in prop::collection::vec("[A-Za-z0-9_-]{1,12}", 1..5),
+        dot in prop::sample::select(vec!["", "."]),
+        port in prop::option::of(any::<u16>()),
+    ) {
+        let name = format!("{}{dot}", labels.join("."));
+        let raw = port.map_or(name.clone(), |port| format!("{name}:{port}"));
+        let expected = labels.join(".").to_ascii_lowercase();
+        prop_assert_eq!(normalise_host(&raw), Ok(expected));
     }
 
     #[test]

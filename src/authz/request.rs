@@ -157,36 +157,61 @@ fn check_method(method: &str) -> Result<String, RequestError> {
     }
 }
 
-/// Lower-cases, strips the port (also from `[v6]:port`) and a trailing dot.
+/// Lower-cases, strips the port (also from `[v6]:port`) and one trailing dot. Only two shapes
+/// pass, the ones every reading of an authority agrees on: a name of non-empty labels
+/// (`[A-Za-z0-9_-]`, dot-separated; IPv4 addresses are such names), or an IPv6 address in
+/// brackets (RFC 4291 text, as `std` parses it; kept as written, lower-cased); either with an
+/// optional `:port`. Refused: a colon or
+/// bracket anywhere else (`::1` unbracketed, `a]b`), empty labels (`.example.com`,
+/// `api..example.com`, which a `*.example.com` suffix would match), userinfo, escapes.
 pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
-    let without_port = if raw.starts_with('[') {
+    if raw.len() > MAX_HOST_BYTES {
+        return Err(RequestError::BadHost);
+    }
+    let (host, port) = if raw.starts_with('[') {
         let end = raw.find(']').ok_or(RequestError::BadHost)?;
-        let rest = &raw[end + 1..];
-        if !(rest.is_empty() || (rest.starts_with(':') && is_port(&rest[1..]))) {
+        let literal = &raw[1..end];
+        if literal.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(RequestError::BadHost);
         }
-        &raw[..=end]
+        (&raw[..=end], &raw[end + 1..])
     } else {
-        match raw.rsplit_once(':') {
-            Some((name, port)) if is_port(port) => name,
-            Some(_) => return Err(RequestError::BadHost),
-            None => raw,
+        // A byte search: the `char` searcher of `split_once` costs more than the short name.
+        let (name, port) = match raw.bytes().position(|b| b == b':') {
+            Some(colon) => (&raw[..colon], &raw[colon..]),
+            None => (raw, ""),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid_name = name.len() <= MAX_NAME_BYTES
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid_name {
+            return Err(RequestError::BadHost);
         }
+        (name, port)
     };
-    let host = without_port.strip_suffix('.').unwrap_or(without_port);
-    let ok = !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
-        });
-    if !ok {
+    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(is_port);
+    if !port_ok {
         return Err(RequestError::BadHost);
     }
     Ok(host.to_ascii_lowercase())
 }
 
+/// The longest host name (RFC 1035's 255 octets on the wire, as text).
+const MAX_NAME_BYTES: usize = 253;
+/// The longest `Host` accepted: a name, a trailing dot and a port.
+const MAX_HOST_BYTES: usize = MAX_NAME_BYTES + ".:65535".len();
+
+/// A TCP port: 1 to 5 digits, at most 65535.
 fn is_port(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 5
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u16>().is_ok()
 }
 
 use crate::rules::route::{hex_digit, is_unreserved};
@@ -207,8 +232,9 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     for segment in body.split('/').skip(1) {
         out.push('/');
         let start = out.len();
-        push_segment(segment, &mut out)?;
-        check_caseless_reading(&out[start..])?;
+        if push_segment(segment, &mut out)? == SegmentForm::Escaped {
+            check_caseless_reading(&out[start..])?;
+        }
     }
     if out.is_empty() {
         out.push('/');
@@ -216,12 +242,25 @@ pub fn normalise_path(raw: &str) -> Result<String, RequestError> {
     Ok(out)
 }
 
+/// What [`push_segment`] wrote: a segment of plain bytes, or one with percent-escapes (only
+/// those can hide a disguised delimiter, [`check_caseless_reading`]).
+#[derive(Debug, PartialEq, Eq)]
+enum SegmentForm {
+    Plain,
+    Escaped,
+}
+
 /// Appends one segment in normal form, or refuses it.
-fn push_segment(segment: &str, out: &mut String) -> Result<(), RequestError> {
+fn push_segment(segment: &str, out: &mut String) -> Result<SegmentForm, RequestError> {
     match segment {
         "" => return Err(RequestError::EmptySegment),
         "." | ".." => return Err(RequestError::DotSegment),
         _ => {}
+    }
+    // Most segments are plain bytes only: the loop below would copy them one by one, unchanged.
+    if segment.bytes().all(is_plain_segment_byte) {
+        out.push_str(segment);
+        return Ok(SegmentForm::Plain);
     }
     let bytes = segment.as_bytes();
     // Bytes decoded from consecutive escapes: they must form valid UTF-8 (no overlong dots).
@@ -253,7 +292,8 @@ fn push_segment(segment: &str, out: &mut String) -> Result<(), RequestError> {
         }
         i += 1;
     }
-    check_escaped_run(&mut escaped_run)
+    check_escaped_run(&mut escaped_run)?;
+    Ok(SegmentForm::Escaped)
 }
 
 /// Refuses a normal-form segment with an escaped character that an upstream normalising decoded
@@ -558,12 +598,35 @@ mod tests {
             "api.example.com"
         );
         assert_eq!(normalise_host("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalise_host("10.0.0.1:80").unwrap(), "10.0.0.1");
+        assert_eq!(
+            normalise_host("[::FFFF:10.0.0.1]").unwrap(),
+            "[::ffff:10.0.0.1]"
+        );
         for bad in [
             "",
             ":80",
             "a b",
             "api.example.com:x",
+            "api.example.com:",
+            "api.example.com:80:80",
+            "api.example.com:65536",
+            "api.example.com:+80",
             "[::1",
+            "[::1]x",
+            "[]",
+            "[..]",
+            "[::1::2]",
+            "[::1%25eth0]",
+            "::1",
+            "a]b",
+            "a[b",
+            ".example.com",
+            "api..example.com",
+            "api.example.com..",
+            ".",
+            "alice@api.example.com",
+            "api%2eexample.com",
             "ex\u{0}ample",
             "a/b",
         ] {
