@@ -10,6 +10,9 @@
 # process's.
 #
 #   N+hdr  examples/noop_authz --answer headers (scopegate's allow answer, fixed values)
+#   F      the same with --floor: plus the token's SHA-256 and a decision-log line per check, by
+#          scopegate's own functions (to a file): the part of S+log - N+hdr that the contract
+#          itself asks for (not in the default list)
 #   S      scopegate serve --rules examples/rules.yaml --decision-log off
 #   S+log  the same with the default decision log (every decision, to a file)
 #   X+log  as S+log with the binary at SCOPEGATE_BENCH_ALT_BIN (not in the default list)
@@ -33,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     --duration) duration=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --variants) variants_arg=$2; shift 2 ;;
-    *) echo "usage: $0 [--rate R | --closed] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr S S+log X+log\"]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--rate R | --closed] [--rounds N] [--duration 5s] [--no-build] [--variants \"N+hdr F S S+log X+log\"]" >&2; exit 2 ;;
   esac
 done
 source scripts/lib/bench.sh
@@ -67,6 +70,13 @@ for v in "${variants[@]}"; do
       pids+=("$!")
       bench_wait_until "$v" 30 answers_a_check "$p"
       continue ;;
+    F)
+      TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$p" \
+        --answer headers --floor >"$work/F.log" 2>&1 &
+      pid[$v]=$! port[$v]=$p
+      pids+=("$!")
+      bench_wait_until "$v" 30 answers_a_check "$p"
+      continue ;;
     S) mode=off ;;
     S+log) ;;
     X+log) exe=$alt_bin ;;
@@ -87,7 +97,7 @@ echo "$load, $duration per run, $rounds interleaved rounds; load average $(cut -
 for ((r = 1; r <= rounds; r++)); do
   for v in "${variants[@]}"; do
     answers=()
-    [[ $v == N* ]] && answers=(--any-answer)
+    [[ $v == N* || $v == F ]] && answers=(--any-answer)
     t0=$(cpu_ticks "${pid[$v]}") l0=$(thread_ticks "${pid[$v]}" scopegate-log)
     out=$("${pin_client[@]}" "$bin/examples/loadgen" --addr "http://127.0.0.1:${port[$v]}" \
       "${load_args[@]}" --duration "$duration" --warmup 1s --pool 1 --fresh-pct 0 --deny-pct 0 \
@@ -120,7 +130,7 @@ print()
 # host between rounds cancels), its median and range over the rounds.
 by_round = {(r[0], r[3]): float(r[1]) for r in rows}
 rounds = sorted({r[3] for r in rows}, key=int)
-for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("X+log", "N+hdr"), ("S+log", "X+log")):
+for a, b in (("S", "N+hdr"), ("S+log", "N+hdr"), ("S+log", "S"), ("F", "N+hdr"), ("S+log", "F"), ("X+log", "N+hdr"), ("S+log", "X+log")):
     if a in med and b in med:
         paired = [by_round[a, r] - by_round[b, r] for r in rounds]
         print(f"  {a} - {b}: {med[a] - med[b]:+.2f} us  (paired median {statistics.median(paired):+.2f},"

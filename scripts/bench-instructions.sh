@@ -6,6 +6,9 @@
 #
 #   N      examples/noop_authz --answer none (bare OK)
 #   N+hdr  examples/noop_authz --answer headers (scopegate's allow answer, fixed values)
+#   F      the same with --floor: plus the token's SHA-256 and a decision-log line per check, by
+#          scopegate's own functions: the part of the gap that the contract asks for (not in the
+#          default list)
 #   S      scopegate serve --rules examples/rules.yaml --decision-log off
 #   S+log  the same with the default decision log (every decision; to a file here)
 #   X+log  as S+log with the binary at SCOPEGATE_BENCH_ALT_BIN (not in the default list)
@@ -29,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) build=0; shift ;;
     --variants) variants_arg=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
-    *) echo "usage: $0 [--requests N] [--no-build] [--variants \"N N+hdr S S+log X+log\"] [--keep DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--requests N] [--no-build] [--variants \"N N+hdr F S S+log X+log\"] [--keep DIR]" >&2; exit 2 ;;
   esac
 done
 source scripts/lib/bench.sh
@@ -53,6 +56,7 @@ measure() { # variant -> prints "instructions_per_check"
   case $v in
     N) cmd=("$bin/examples/noop_authz" --listen "127.0.0.1:$port" --answer none) answers=(--any-answer) ;;
     N+hdr) cmd=("$bin/examples/noop_authz" --listen "127.0.0.1:$port" --answer headers) answers=(--any-answer) ;;
+    F) cmd=("$bin/examples/noop_authz" --listen "127.0.0.1:$port" --answer headers --floor) answers=(--any-answer) ;;
     S | S+log | X+log)
       local exe=$bin/scopegate mode=all
       [[ $v == S ]] && mode=off
@@ -88,7 +92,7 @@ for v in "${variants[@]}"; do
   printf '  %-6s %8d\n' "$v" "${per_check[$v]}"
 done
 echo
-for pair in "S N+hdr" "S+log N+hdr" "S+log S" "N+hdr N" "X+log N+hdr" "S+log X+log"; do
+for pair in "S N+hdr" "S+log N+hdr" "S+log S" "N+hdr N" "F N+hdr" "S+log F" "X+log N+hdr" "S+log X+log"; do
   read -r a b <<<"$pair"
   [[ -n ${per_check[$a]:-} && -n ${per_check[$b]:-} ]] || continue
   awk -v a="$a" -v b="$b" -v x="${per_check[$a]}" -v y="${per_check[$b]}" \
