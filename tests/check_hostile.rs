@@ -448,3 +448,78 @@ async fn method_and_url_override_headers_are_refused() {
     );
     assert_eq!(s.check_with(request).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_malformed_token_is_refused_even_beside_a_cached_valid_one() {
+    // The claims cache is asked before the token's syntax is checked (a hit means the very
+    // same bytes passed that check and verification before): a token that differs from a
+    // cached one in any byte must still get the answer its syntax calls for.
+    let mut s = server().await;
+    let good = token("alice", "orders:read");
+    for round in ["verified", "cached"] {
+        let a = s
+            .check("GET", "api.example.com", "/orders/1", Some(&good))
+            .await;
+        assert_eq!(a.status, 200, "{round}: {a:?}");
+    }
+    let malformed = [
+        format!("{good}!"),
+        format!("{good}\u{e9}"),
+        format!("{} {}", &good[..10], &good[10..]),
+        format!("={good}"),
+    ];
+    for (i, bad) in malformed.iter().enumerate() {
+        for round in ["first", "again"] {
+            let a = s
+                .check("GET", "api.example.com", "/orders/1", Some(bad))
+                .await;
+            assert_denied(
+                &a,
+                400,
+                "invalid_request",
+                &format!("malformed {i}, {round}"),
+            );
+        }
+    }
+    // Surrounding spaces are not part of the header value (RFC 9110 §5.5): the cached token.
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&format!("{good} ")),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // Well-formed but not the cached token (trailing padding is b64token syntax): verified, and
+    // refused by the signature check.
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&format!("{good}=")),
+        )
+        .await;
+    assert_eq!(a.status, 401, "{a:?}");
+    // Over the size bound: the syntax is still judged first, as for any token.
+    let huge = "a".repeat(scopegate::check::DEFAULT_MAX_TOKEN_BYTES + 1);
+    let a = s
+        .check(
+            "GET",
+            "api.example.com",
+            "/orders/1",
+            Some(&format!("{huge}!")),
+        )
+        .await;
+    assert_denied(&a, 400, "invalid_request", "oversized and malformed");
+    let a = s
+        .check("GET", "api.example.com", "/orders/1", Some(&huge))
+        .await;
+    assert_denied(&a, 401, "token_too_large", "oversized");
+    // And the cached token is still good.
+    let a = s
+        .check("GET", "api.example.com", "/orders/1", Some(&good))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}

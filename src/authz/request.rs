@@ -339,28 +339,29 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<Option<&str>, Request
 /// same token68 syntax), scheme names compared case-insensitively. `Ok(None)`: no header, or
 /// another scheme (that is not an access-token credential).
 pub fn access_token(authorization: Option<&str>) -> Result<Option<(Scheme, &str)>, RequestError> {
-    let Some(value) = authorization else {
-        return Ok(None);
-    };
-    let value = value.trim_matches(' ');
+    match presented_token(authorization) {
+        Some((_, token)) if !is_b64token(token) => Err(RequestError::MalformedBearer),
+        found => Ok(found),
+    }
+}
+
+/// [`access_token`] without its syntax check: the scheme and what follows it, to be held to
+/// [`is_b64token`] before any use but a claims-cache lookup (see `Checker::credential`).
+pub fn presented_token(authorization: Option<&str>) -> Option<(Scheme, &str)> {
+    let value = authorization?.trim_matches(' ');
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let scheme = if scheme.eq_ignore_ascii_case("bearer") {
         Scheme::Bearer
     } else if scheme.eq_ignore_ascii_case("dpop") {
         Scheme::Dpop
     } else {
-        return Ok(None);
+        return None;
     };
-    let token = rest.trim_start_matches(' ');
-    if is_b64token(token) {
-        Ok(Some((scheme, token)))
-    } else {
-        Err(RequestError::MalformedBearer)
-    }
+    Some((scheme, rest.trim_start_matches(' ')))
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
-fn is_b64token(token: &str) -> bool {
+pub fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
     // Every byte of every token is checked on every request. Folded without an early exit
     // (valid tokens are read whole anyway) and written as range comparisons, the loop is

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use super::Checker;
+use crate::authz::request::is_b64token;
 use crate::authz::Credential;
 use crate::cache;
 use crate::store::Snapshot;
@@ -103,20 +104,42 @@ pub(super) async fn resolve(
     AssertUnwindSafe(work).catch_unwind().await.map_err(|_| ())
 }
 
+/// The claims cache's answer for one token: its key, and the claims if they are held.
+#[derive(Debug)]
+pub(super) struct CacheLookup {
+    key: cache::TokenDigest,
+    claims: Option<Arc<Claims>>,
+}
+
+impl CacheLookup {
+    pub(super) fn is_hit(&self) -> bool {
+        self.claims.is_some()
+    }
+}
+
 impl Checker {
+    /// Asks the claims cache for `token` (cheap: a SHA-256 and a lookup).
+    pub(super) fn look_up(&self, snapshot: &Snapshot, token: &str, now: i64) -> CacheLookup {
+        let key = cache::digest(token);
+        let claims = self.cache.get(&key, snapshot.verifier_generation, now);
+        CacheLookup { key, claims }
+    }
+
     /// The token's claims: the claims cache, else introspection (opaque tokens) or verification.
     pub(super) fn verify_token(
         &self,
         snapshot: &Snapshot,
         token: &str,
+        lookup: CacheLookup,
         pass: &Pass,
-        now: i64,
     ) -> Credential {
-        let key = cache::digest(token);
-        if let Some(claims) = self.cache.get(&key, snapshot.verifier_generation, now) {
+        let CacheLookup { key, claims } = lookup;
+        if let Some(claims) = claims {
             self.metrics.check.cache_hits.inc();
             return Credential::Valid(claims);
         }
+        // What `credential` relies on to skip the syntax check on a cache hit.
+        debug_assert!(is_b64token(token), "only a well-formed token is verified");
         let introspectors = snapshot.verifier.introspectors();
         if !introspectors.is_empty() && introspect::is_opaque(token) {
             // Not a JWT: never in the claims cache (introspection answers have their own).
