@@ -182,13 +182,7 @@ pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
             None => (raw, ""),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
-        let valid_name = name.len() <= MAX_NAME_BYTES
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
+        let valid_name = name.len() <= MAX_NAME_BYTES && is_dotted_name(name);
         if !valid_name {
             return Err(RequestError::BadHost);
         }
@@ -199,6 +193,25 @@ pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
         return Err(RequestError::BadHost);
     }
     Ok(host.to_ascii_lowercase())
+}
+
+/// Non-empty labels of `[A-Za-z0-9_-]`, dot-separated (one pass over the bytes: hosts are
+/// read on every check).
+fn is_dotted_name(name: &str) -> bool {
+    let mut label_bytes = 0usize;
+    for b in name.bytes() {
+        if b == b'.' {
+            if label_bytes == 0 {
+                return false;
+            }
+            label_bytes = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label_bytes += 1;
+        } else {
+            return false;
+        }
+    }
+    label_bytes > 0
 }
 
 /// The longest host name (RFC 1035's 255 octets on the wire, as text).
