@@ -136,11 +136,17 @@ impl Request {
         })
     }
 
-    /// The path's segments (empty for `/`).
-    pub fn segments(&self) -> Vec<&str> {
+    /// The path's segments (empty for `/`); on the stack up to [`INLINE_SEGMENTS`] of them.
+    pub fn segments(&self) -> Segments<'_> {
         self.path.split('/').filter(|s| !s.is_empty()).collect()
     }
 }
+
+/// A request path's segments, as [`Request::segments`] gives them.
+pub type Segments<'a> = smallvec::SmallVec<[&'a str; INLINE_SEGMENTS]>;
+
+/// Segments held without an allocation: most API paths have fewer.
+pub const INLINE_SEGMENTS: usize = 8;
 
 /// Methods are case-sensitive (RFC 9110 §9.1), but upstreams such as Werkzeug upper-case them:
 /// a rule for `DELETE` must not be side-stepped with `delete`. So only upper-case tokens pass.
