@@ -40,7 +40,7 @@
 use std::fmt::Write;
 
 use crate::rules::caseless;
-use crate::rules::route::is_plain_segment_byte;
+use crate::rules::route::{is_host, is_plain_segment_byte, MAX_NAME_BYTES};
 use crate::token::binding::Scheme;
 
 /// Why a request was refused as malformed (answered 400 `invalid_request`).
@@ -163,23 +163,17 @@ fn check_method(method: &str) -> Result<String, RequestError> {
     }
 }
 
-/// Lower-cases, strips the port (also from `[v6]:port`) and one trailing dot. Only two shapes
-/// pass, the ones every reading of an authority agrees on: a name of non-empty labels
-/// (`[A-Za-z0-9_-]`, dot-separated; IPv4 addresses are such names), or an IPv6 address in
-/// brackets (RFC 4291 text, as `std` parses it; kept as written, lower-cased); either with an
-/// optional `:port`. Refused: a colon or
-/// bracket anywhere else (`::1` unbracketed, `a]b`), empty labels (`.example.com`,
-/// `api..example.com`, which a `*.example.com` suffix would match), userinfo, escapes.
+/// Lower-cases, strips the port (also from `[v6]:port`) and one trailing dot. The host itself
+/// must have a shape every reading of an authority agrees on ([`is_host`], the rules' alphabet
+/// too), with an optional `:port`. Refused: a colon or bracket anywhere else (`::1`
+/// unbracketed, `a]b`), empty labels (`.example.com`, `api..example.com`, which a
+/// `*.example.com` suffix would match), userinfo, escapes.
 pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
     if raw.len() > MAX_HOST_BYTES {
         return Err(RequestError::BadHost);
     }
     let (host, port) = if raw.starts_with('[') {
         let end = raw.find(']').ok_or(RequestError::BadHost)?;
-        let literal = &raw[1..end];
-        if literal.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(RequestError::BadHost);
-        }
         (&raw[..=end], &raw[end + 1..])
     } else {
         // A byte search: the `char` searcher of `split_once` costs more than the short name.
@@ -187,41 +181,15 @@ pub fn normalise_host(raw: &str) -> Result<String, RequestError> {
             Some(colon) => (&raw[..colon], &raw[colon..]),
             None => (raw, ""),
         };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let valid_name = name.len() <= MAX_NAME_BYTES && is_dotted_name(name);
-        if !valid_name {
-            return Err(RequestError::BadHost);
-        }
-        (name, port)
+        (name.strip_suffix('.').unwrap_or(name), port)
     };
     let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(is_port);
-    if !port_ok {
+    if !is_host(host) || !port_ok {
         return Err(RequestError::BadHost);
     }
     Ok(host.to_ascii_lowercase())
 }
 
-/// Non-empty labels of `[A-Za-z0-9_-]`, dot-separated (one pass over the bytes: hosts are
-/// read on every check).
-fn is_dotted_name(name: &str) -> bool {
-    let mut label_bytes = 0usize;
-    for b in name.bytes() {
-        if b == b'.' {
-            if label_bytes == 0 {
-                return false;
-            }
-            label_bytes = 0;
-        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            label_bytes += 1;
-        } else {
-            return false;
-        }
-    }
-    label_bytes > 0
-}
-
-/// The longest host name (RFC 1035's 255 octets on the wire, as text).
-const MAX_NAME_BYTES: usize = 253;
 /// The longest `Host` accepted: a name, a trailing dot and a port.
 const MAX_HOST_BYTES: usize = MAX_NAME_BYTES + ".:65535".len();
 
