@@ -63,16 +63,11 @@ declare -A port pid
 for v in "${variants[@]}"; do
   p=$(free_port) admin=$(free_port) exe=$bin/scopegate mode=all
   case $v in
-    N+hdr)
+    N+hdr | F)
+      floor=()
+      [[ $v == F ]] && floor=(--floor)
       TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$p" \
-        --answer headers 2>"$work/${v/+/-}.log" &
-      pid[$v]=$! port[$v]=$p
-      pids+=("$!")
-      bench_wait_until "$v" 30 answers_a_check "$p"
-      continue ;;
-    F)
-      TOKIO_WORKER_THREADS=1 "${pin_server[@]}" "$bin/examples/noop_authz" --listen "127.0.0.1:$p" \
-        --answer headers --floor >"$work/F.log" 2>&1 &
+        --answer headers "${floor[@]}" >"$work/${v/+/-}.log" 2>&1 &
       pid[$v]=$! port[$v]=$p
       pids+=("$!")
       bench_wait_until "$v" 30 answers_a_check "$p"
